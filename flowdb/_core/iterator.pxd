@@ -1,0 +1,48 @@
+# cython: language_level=3
+"""The one iterator protocol of the core, seen from Cython.
+
+Every internal iterator (memtable, table, merge, and the test-only
+VectorIterator) is an `Iterator` whose `it` points at an fdb_iter embedded as
+the first member of the implementation's C state (include/flowdb.h).  C code
+drives iterators through `it` without the GIL; Python code (tests) uses the
+def methods, which raise on error.
+
+Lifetime: an Iterator keeps alive whatever its entries point into (the
+memtable, the table reader, the current block); the pointers in `it` are
+valid until the next call that moves it.
+"""
+from flowdb._core.cdefs cimport fdb_iter
+
+cdef class Iterator:
+    # The protocol struct of the implementation; set by the subclass __cinit__.
+    cdef fdb_iter *it
+    # The exception that describes it.status != FDB_OK, set by the
+    # implementation (with the GIL) when it records an error.
+    cdef object error
+    # Raise the pending error, if any.  Returns 0 when there is none.
+    cdef int check(self) except -1
+
+
+cdef class Source:
+    """Something the read path merges: a memtable or an SSTable.
+
+    Sources are kept in recency order by the engine (memtable, frozen
+    memtables newest first, tables newest first): for any (key, ts), a newer
+    source holds newer versions, so a point read may stop at the first source
+    that has the (key, ts).
+    """
+    # Inclusive bounds of the ts of every point entry (puts and deletes);
+    # min_ts > max_ts while the source is empty.
+    cdef readonly long long min_ts
+    cdef readonly long long max_ts
+    # Range tombstones held by this source: list of (start, end, seq), end exclusive.
+    cdef readonly list range_dels
+
+    # False only if no entry of user key `ukey` can be in this source (bloom).
+    cdef bint may_contain(self, const unsigned char *ukey, size_t n) noexcept nogil
+
+    # A new iterator over every entry (all kinds, all seqs).  ts_lo/ts_hi is
+    # a hint: the iterator may skip whole blocks whose ts bounds lie outside
+    # [ts_lo, ts_hi], but never an entry inside it.
+    cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
+                                long long ts_lo=*, long long ts_hi=*)

@@ -1,0 +1,192 @@
+# cython: language_level=3
+"""Base class of every internal iterator, its Python wrappers, and
+VectorIterator: a reference implementation over a sorted list, used by tests
+and by anything that needs to feed a handful of entries into a merge."""
+from libc.stdint cimport uint8_t, INT64_MIN, INT64_MAX
+from flowdb._core.cdefs cimport (fdb_iter, fdb_ikey_cmp, FDB_OK,
+                                 FDB_ERR_CORRUPTION, FDB_TRAILER_SIZE)
+from flowdb._errors import CorruptionError
+
+
+cdef class Iterator:
+
+    cdef int check(self) except -1:
+        if self.it == NULL or self.it.status == FDB_OK:
+            return 0
+        if self.error is not None:
+            raise self.error
+        raise CorruptionError(f"iterator failed with status {self.it.status}")
+
+    # -- Python view of the protocol (tests, orchestration) ----------------
+
+    def seek_to_first(self):
+        with nogil:
+            self.it.seek_to_first(self.it)
+        self.check()
+
+    def seek(self, bytes target not None):
+        if len(target) < FDB_TRAILER_SIZE:
+            raise ValueError("an internal key is at least 16 bytes")
+        cdef const uint8_t *p = target
+        cdef size_t n = len(target)
+        with nogil:
+            self.it.seek(self.it, p, n)
+        self.check()
+
+    def seek_for_prev(self, bytes target not None):
+        if self.it.seek_for_prev == NULL:
+            raise NotImplementedError(f"{type(self).__name__} cannot seek_for_prev")
+        if len(target) < FDB_TRAILER_SIZE:
+            raise ValueError("an internal key is at least 16 bytes")
+        cdef const uint8_t *p = target
+        cdef size_t n = len(target)
+        with nogil:
+            self.it.seek_for_prev(self.it, p, n)
+        self.check()
+
+    def next(self):
+        if not self.it.valid:
+            raise ValueError("next() on an invalid iterator")
+        with nogil:
+            self.it.next(self.it)
+        self.check()
+
+    @property
+    def valid(self):
+        return bool(self.it.valid)
+
+    def key(self):
+        if not self.it.valid:
+            raise ValueError("key() on an invalid iterator")
+        return (<const char *>self.it.key)[:self.it.key_len]
+
+    def value(self):
+        if not self.it.valid:
+            raise ValueError("value() on an invalid iterator")
+        return (<const char *>self.it.value)[:self.it.value_len]
+
+    def entries(self):
+        """(internal key, value) pairs from the current position on."""
+        while self.it.valid:
+            yield self.key(), self.value()
+            self.next()
+
+
+# -- VectorIterator ----------------------------------------------------------
+
+cdef struct VecState:
+    fdb_iter base
+    void *owner          # borrowed VectorIterator
+    Py_ssize_t pos
+    Py_ssize_t n
+
+
+cdef class VectorIterator(Iterator):
+    """Iterates a list of (internal key, value) pairs, sorted by this class."""
+    cdef VecState st
+    cdef list keys
+    cdef list values
+
+    def __cinit__(self, entries=()):
+        pairs = sorted(((bytes(k), bytes(v)) for k, v in entries),
+                       key=lambda kv: _IKey(kv[0]))
+        for k, _ in pairs:
+            if len(k) < FDB_TRAILER_SIZE:
+                raise ValueError("an internal key is at least 16 bytes")
+        self.keys = [k for k, _ in pairs]
+        self.values = [v for _, v in pairs]
+        self.st.owner = <void *>self
+        self.st.n = len(pairs)
+        self.st.pos = self.st.n
+        self.st.base.valid = 0
+        self.st.base.status = FDB_OK
+        self.st.base.seek_to_first = _vec_seek_to_first
+        self.st.base.seek = _vec_seek
+        self.st.base.seek_for_prev = _vec_seek_for_prev
+        self.st.base.next = _vec_next
+        self.it = &self.st.base
+
+
+cdef class _IKey:
+    """Sort key in internal-key order (used only to sort test vectors)."""
+    cdef bytes k
+    def __cinit__(self, bytes k):
+        self.k = k
+    def __lt__(self, _IKey other):
+        return fdb_ikey_cmp(self.k, len(self.k), other.k, len(other.k)) < 0
+
+
+cdef int _vec_position(VecState *st, Py_ssize_t pos) noexcept nogil:
+    st.pos = pos
+    if pos < 0 or pos >= st.n:
+        st.base.valid = 0
+        return FDB_OK
+    with gil:
+        self = <VectorIterator>st.owner
+        k = <bytes>self.keys[pos]
+        v = <bytes>self.values[pos]
+        # The lists own the bytes, so the pointers outlive this call.
+        st.base.key = <const uint8_t *><const char *>k
+        st.base.key_len = len(k)
+        st.base.value = <const uint8_t *><const char *>v
+        st.base.value_len = len(v)
+    st.base.valid = 1
+    return FDB_OK
+
+
+cdef int _vec_cmp_at(VecState *st, Py_ssize_t i, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef const uint8_t *k
+    cdef size_t kn
+    with gil:
+        kb = <bytes>(<VectorIterator>st.owner).keys[i]
+        k = <const uint8_t *><const char *>kb
+        kn = len(kb)
+    return fdb_ikey_cmp(k, kn, t, tn)
+
+
+cdef int _vec_seek_to_first(fdb_iter *it) noexcept nogil:
+    return _vec_position(<VecState *>it, 0)
+
+
+cdef int _vec_seek(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef VecState *st = <VecState *>it
+    cdef Py_ssize_t lo = 0, hi = st.n, mid
+    while lo < hi:                       # first index with key >= t
+        mid = (lo + hi) // 2
+        if _vec_cmp_at(st, mid, t, tn) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return _vec_position(st, lo)
+
+
+cdef int _vec_seek_for_prev(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef VecState *st = <VecState *>it
+    cdef Py_ssize_t lo = 0, hi = st.n, mid
+    while lo < hi:                       # first index with key > t
+        mid = (lo + hi) // 2
+        if _vec_cmp_at(st, mid, t, tn) <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return _vec_position(st, lo - 1)
+
+
+cdef int _vec_next(fdb_iter *it) noexcept nogil:
+    cdef VecState *st = <VecState *>it
+    return _vec_position(st, st.pos + 1)
+
+
+cdef class Source:
+
+    def __cinit__(self, *args, **kwargs):
+        self.min_ts = INT64_MAX
+        self.max_ts = INT64_MIN
+        self.range_dels = []
+
+    cdef bint may_contain(self, const unsigned char *ukey, size_t n) noexcept nogil:
+        return True
+
+    cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
+                                long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
+        raise NotImplementedError

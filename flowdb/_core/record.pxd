@@ -1,0 +1,17 @@
+# cython: language_level=3
+"""Record: one time-series record, (key, ts) -> value with an expiry."""
+
+cdef class Record:
+    # 1..65535 bytes, any bytes.
+    cdef public bytes key
+    # Signed 64-bit, microseconds since the epoch by convention.
+    cdef public long long ts
+    # At most 64 MiB.
+    cdef public bytes value
+    # Absolute microseconds; NEVER (2**63 - 1) means no expiry.
+    cdef public long long expire_at
+
+
+# Builds a Record without validation: for the read path, whose data was
+# validated when it was written.
+cdef Record make_record(bytes key, long long ts, bytes value, long long expire_at)
