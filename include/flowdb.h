@@ -90,6 +90,7 @@ static inline const uint8_t *fdb_get_varint(const uint8_t *p, const uint8_t *lim
     uint64_t v = 0;
     for (unsigned shift = 0; shift <= 63 && p < limit; shift += 7) {
         uint64_t b = *p++;
+        if (shift == 63 && b > 1) return NULL;   /* would overflow 64 bits */
         v |= (b & 0x7f) << shift;
         if (b < 0x80) { *out = v; return p; }
     }

@@ -46,3 +46,25 @@ cdef class Source:
     # [ts_lo, ts_hi], but never an entry inside it.
     cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
                                 long long ts_lo=*, long long ts_hi=*)
+
+
+cdef class VectorSource(Source):
+    """A Source over a list of (internal key, value) pairs, for tests and for
+    feeding a handful of entries into the read path.
+
+    min_ts/max_ts are computed from the point entries (kinds DELETE and PUT);
+    entries of kind RANGE_DEL are not iterated: pass range deletes as
+    `range_dels`.  may_contain() is exact when `bloom=True` (it then takes the
+    GIL), else always True.  With fail_after=n >= 0 its iterators fail
+    (status FDB_ERR_CORRUPTION, check() raises `error`) on their (n+1)-th
+    positioning call: a test hook for error propagation.  Immutable after
+    construction.
+    """
+    # The point entries, sorted in internal-key order.
+    cdef readonly list entries
+    # Whether may_contain() is exact, and the set of user keys it checks.
+    cdef bint _bloom
+    cdef object _ukeys
+    # Iterators fail on their (fail_after+1)-th move with `_fail_error`; -1: never.
+    cdef long long _fail_after
+    cdef object _fail_error

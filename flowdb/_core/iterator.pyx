@@ -190,3 +190,104 @@ cdef class Source:
     cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
                                 long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
         raise NotImplementedError
+
+
+# -- VectorSource ----------------------------------------------------------------
+
+from flowdb._core.cdefs cimport fdb_ikey_ts, fdb_ikey_kind, FDB_KIND_RANGE_DEL
+
+
+cdef class VectorSource(Source):
+
+    def __init__(self, entries=(), range_dels=(), bint bloom=False,
+                 long long fail_after=-1, error=None):
+        cdef bytes k
+        cdef long long ts
+        points = []
+        for key, value in entries:
+            k = bytes(key)
+            if len(k) < FDB_TRAILER_SIZE:
+                raise ValueError("an internal key is at least 16 bytes")
+            if fdb_ikey_kind(k, len(k)) == FDB_KIND_RANGE_DEL:
+                continue
+            points.append((k, bytes(value)))
+        points.sort(key=lambda kv: _IKey(kv[0]))
+        self.entries = points
+        for k, _ in points:
+            ts = fdb_ikey_ts(k, len(k))
+            if ts < self.min_ts:
+                self.min_ts = ts
+            if ts > self.max_ts:
+                self.max_ts = ts
+        self.range_dels = [(bytes(s), bytes(e), int(q)) for s, e, q in range_dels]
+        self._fail_after = fail_after
+        self._fail_error = error if error is not None else CorruptionError("injected failure")
+        self._bloom = bloom
+        self._ukeys = {k[:len(k) - FDB_TRAILER_SIZE] for k, _ in points} if bloom else None
+
+    cdef bint may_contain(self, const unsigned char *ukey, size_t n) noexcept nogil:
+        if not self._bloom:
+            return True
+        with gil:
+            return (<const char *>ukey)[:n] in self._ukeys
+
+    cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
+                                long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
+        cdef _FailingVectorIterator f
+        if self._fail_after < 0:
+            return VectorIterator(self.entries)
+        f = _FailingVectorIterator(self.entries)
+        f.moves_left = self._fail_after
+        f.error = self._fail_error
+        return f
+
+    def __len__(self):
+        return len(self.entries)
+
+
+cdef class _FailingVectorIterator(VectorIterator):
+    """A VectorIterator whose (moves_left+1)-th positioning call fails."""
+    cdef long long moves_left
+
+    def __cinit__(self, entries=()):
+        self.moves_left = -1
+        self.st.base.seek_to_first = _fvec_seek_to_first
+        self.st.base.seek = _fvec_seek
+        self.st.base.seek_for_prev = _fvec_seek_for_prev
+        self.st.base.next = _fvec_next
+
+
+cdef int _fvec_tick(fdb_iter *it) noexcept nogil:
+    # Nonzero when this move must fail; the failure is sticky.
+    cdef VecState *st = <VecState *>it
+    if st.base.status != FDB_OK:
+        return st.base.status
+    with gil:
+        self = <_FailingVectorIterator>st.owner
+        if self.moves_left == 0:
+            st.base.status = FDB_ERR_CORRUPTION
+            st.base.valid = 0
+            return FDB_ERR_CORRUPTION
+        if self.moves_left > 0:
+            self.moves_left -= 1
+    return FDB_OK
+
+
+cdef int _fvec_seek_to_first(fdb_iter *it) noexcept nogil:
+    cdef int rc = _fvec_tick(it)
+    return rc if rc != FDB_OK else _vec_seek_to_first(it)
+
+
+cdef int _fvec_seek(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef int rc = _fvec_tick(it)
+    return rc if rc != FDB_OK else _vec_seek(it, t, tn)
+
+
+cdef int _fvec_seek_for_prev(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef int rc = _fvec_tick(it)
+    return rc if rc != FDB_OK else _vec_seek_for_prev(it, t, tn)
+
+
+cdef int _fvec_next(fdb_iter *it) noexcept nogil:
+    cdef int rc = _fvec_tick(it)
+    return rc if rc != FDB_OK else _vec_next(it)

@@ -6,13 +6,79 @@ apply(); any number of readers iterate concurrently without locks (nodes are
 published with release stores, read with acquire loads).  Nothing is ever
 removed, so an iterator stays valid while the memtable is alive.
 """
-from flowdb._core.iterator cimport Source
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from flowdb._core.cdefs cimport fdb_iter
+from flowdb._core.iterator cimport Iterator, Source
+
+# LevelDB's db/skiplist.h parameters: with branching 4, 12 levels keep
+# searches O(log n) up to 4**12 = 16M entries, far above a memtable's size.
+cdef enum:
+    MT_MAX_HEIGHT = 12
+    MT_BRANCHING = 4
+
+
+# A skiplist node, allocated in the arena with `height` next pointers; its
+# internal key and then its value (PUT: i64le expire_at | user value;
+# DELETE: empty) follow the pointers in the same allocation.
+cdef struct MTNode:
+    const uint8_t *key         # internal key; the value starts at key + key_len
+    uint32_t key_len           # 17..65551
+    uint32_t value_len         # 0 or 8..64 MiB + 8
+    MTNode *next[1]            # really `height` pointers, level 0 first; written
+                               # with release stores, read with acquire loads
+
+
+# The skiplist and its arena; everything a nogil reader or writer needs.
+cdef struct MTList:
+    MTNode *head               # sentinel of height MT_MAX_HEIGHT, no key
+    int max_height             # levels in use; written by the writer, read relaxed
+    uint64_t rng               # xorshift state (writer only): node heights
+    # Arena: nodes are bump-allocated from ~1 MiB chunks; a node larger than
+    # a quarter chunk gets its own allocation.  All freed with the memtable.
+    uint8_t *alloc_ptr
+    size_t alloc_left
+    void **chunks              # every allocation, for freeing
+    size_t nchunks
+    size_t cap_chunks
+    size_t memory_used         # bytes handed out + abandoned chunk tails
+    # Insertion hint (writer only): the predecessors, at every level, of the
+    # last inserted node, so that inserts in ascending order skip the search.
+    MTNode *last
+    MTNode *splice[MT_MAX_HEIGHT]
+
 
 cdef class MemTable(Source):
-    # Bytes held by the arena (keys, values, nodes): what memtable_size_mb bounds.
+    # Bytes held by the arena (keys, values, nodes): what memtable_size_mb
+    # bounds.  Bytes in use, alignment and abandoned chunk tails included,
+    # plus the key bytes of range deletes.
     cdef readonly size_t approximate_bytes
     # Entries inserted (puts, deletes, range deletes).
     cdef readonly size_t num_entries
     # Seq of the first and last entry applied (0 while empty).
     cdef readonly unsigned long long first_seq
     cdef readonly unsigned long long last_seq
+    # The skiplist; owned, freed in __dealloc__.
+    cdef MTList *list
+    # Set while apply() runs: a second concurrent writer is refused.
+    cdef bint _applying
+    # Key bytes of the range deletes (they live in range_dels, not the arena).
+    cdef size_t _range_bytes
+
+    # The body of apply(), run with _applying set.
+    cdef size_t _apply(self, bytes payload, uint64_t seq_start) except? 0
+
+
+# The C state of a MemTableIterator; `base` first, as the protocol requires.
+cdef struct MTIterState:
+    fdb_iter base
+    MTList *list               # borrowed: the iterator's `mem` keeps it alive
+    MTNode *node               # current node, NULL when not valid
+
+
+cdef class MemTableIterator(Iterator):
+    """Iterates every entry of a MemTable in internal-key order, including
+    entries applied after it was created (use seqs to take a snapshot).
+    seek, seek_for_prev, seek_to_first and next are pure C and need no GIL.
+    """
+    cdef MTIterState st
+    cdef readonly MemTable mem

@@ -15,3 +15,11 @@ cdef class Record:
 # Builds a Record without validation: for the read path, whose data was
 # validated when it was written.
 cdef Record make_record(bytes key, long long ts, bytes value, long long expire_at)
+
+# The argument checks of Record(), shared with the batch encoders so that a
+# key or a timestamp means the same everywhere.  check_key: bytes (exact
+# type) from bytes/str (UTF-8)/bytearray/memoryview, 1..65535 bytes, else
+# TypeError/ValueError naming `what`.  check_i64: an int (not bool) in int64,
+# else TypeError/ValueError.
+cdef bytes check_key(object key, str what)
+cdef long long check_i64(object v, str what) except? -1

@@ -1,15 +1,110 @@
 # cython: language_level=3
 """SSTable builder and reader (docs/FORMAT.md, "SSTable")."""
-from flowdb._core.iterator cimport Source
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+from flowdb._core.iterator cimport Source, Iterator
+from flowdb._core.block cimport CBlockBuilder
+from flowdb._core.bloom cimport CBloomBuilder
+
+
+# One data block as the index describes it (decoded once when a table opens).
+cdef struct IndexEntry:
+    uint64_t offset           # file offset of the stored block
+    uint64_t size             # stored size, without the 5-byte trailer
+    int64_t min_ts            # ts bounds of the block's entries (puts and deletes)
+    int64_t max_ts
+    int64_t min_expire_at     # expire_at bounds (a DELETE counts as NEVER)
+    int64_t max_expire_at
+    size_t key_off            # the block's last internal key: in the reader's
+    size_t key_len            #   index_keys arena at [key_off, key_off + key_len)
+
 
 cdef class TableBuilder:
+    """Writes one SSTable.  Not thread-safe: one thread drives a builder."""
     # The exception behind a non-OK status returned by add().
     cdef object error
     # Appends an entry; entries must come in strictly increasing internal-key
     # order.  Runs without the GIL except when a block is cut (compression,
     # checksum and write take the GIL).  Returns FDB_OK or an FDB_ERR_* code.
+    # A rejected entry (bad kind or value, out of order: FDB_ERR_PYTHON with a
+    # ValueError) leaves the builder as it was; an I/O or memory error
+    # (FDB_ERR_IO, FDB_ERR_NOMEM) is sticky: every later call fails with it.
     cdef int add(self, const unsigned char *ikey, size_t ikey_len,
                  const unsigned char *value, size_t value_len) noexcept nogil
 
+    cdef readonly object path         # the file being written
+    cdef int fd                       # -1 once finished or abandoned
+    cdef int status                   # sticky FDB_ERR_IO / FDB_ERR_NOMEM, else FDB_OK
+    cdef bint finished
+    cdef size_t block_size            # cut a data block once its estimate reaches this
+    cdef int bloom_bits_per_key       # 0: no bloom filter
+    cdef CBlockBuilder data_block     # the data block being filled
+    cdef CBlockBuilder index_block    # one entry per finished data block
+    cdef CBloomBuilder bloom          # hashes of the distinct user keys
+    cdef uint8_t *last_key            # the last key added (order check, index key)
+    cdef size_t last_key_len
+    cdef size_t last_key_cap
+    cdef uint8_t *first_key           # the first key added (smallest_key)
+    cdef size_t first_key_len
+    cdef int64_t blk_min_ts           # bounds of the data block being filled
+    cdef int64_t blk_max_ts
+    cdef int64_t blk_min_exp
+    cdef int64_t blk_max_exp
+    cdef readonly unsigned long long num_entries    # point entries added
+    cdef unsigned long long num_deletes
+    cdef unsigned long long num_data_blocks
+    cdef unsigned long long raw_key_bytes
+    cdef unsigned long long raw_value_bytes
+    cdef int64_t min_ts               # table-level bounds of the point entries
+    cdef int64_t max_ts
+    cdef int64_t min_exp
+    cdef int64_t max_exp
+    cdef uint64_t min_seq             # over point entries and range deletes
+    cdef uint64_t max_seq
+    cdef uint64_t offset              # bytes of the file so far (written + buffered)
+    cdef bytearray wbuf               # bytes not yet handed to os.write
+    cdef set range_dels               # {(start, end, seq)}
+
+    # Writes the data block being filled and adds its index entry.
+    cdef int _cut_block(self) noexcept nogil
+    # Refuses one entry: error = ValueError(message); returns FDB_ERR_PYTHON.
+    cdef int _reject(self, const char *message) noexcept nogil
+    # Records a sticky failure.
+    cdef int _fail(self, int code, object exc) noexcept
+    cdef int _nomem(self) noexcept nogil
+    cdef void _free(self) noexcept
+    cdef dict _props(self)
+    cdef tuple _write_block(self, object raw)
+    cdef _flush_wbuf(self)
+
+
 cdef class TableReader(Source):
-    pass
+    """An open SSTable.  Thread-safe: after __init__ every shared field is
+    read-only (the block counters change under the GIL), reads use pread, and
+    any number of threads may each drive their own iterator at once.  close()
+    must not race with iterators in use; dropping the last reference (every
+    iterator holds one) closes the file too."""
+    cdef readonly object path
+    cdef readonly object file_number
+    cdef readonly unsigned long long file_size
+    # Table properties (docs/FORMAT.md, "Properties block"), plus file_size.
+    cdef readonly dict props
+    # Blocks fetched from the file (pread), and blocks handed to iterators
+    # (from the cache or the file).
+    cdef readonly unsigned long long blocks_read
+    cdef readonly unsigned long long blocks_loaded
+    cdef readonly object block_cache  # a BlockCache or None
+    cdef int fd                       # -1 once closed
+    cdef bytes bloom                  # filter bytes; b"" means none
+    cdef const uint8_t *bloom_ptr     # into bloom, for may_contain without the GIL
+    cdef size_t bloom_len
+    cdef IndexEntry *index            # num_blocks entries, in key order
+    cdef size_t num_blocks
+    cdef uint8_t *index_keys          # arena of the blocks' last keys
+    cdef uint64_t data_end            # end of the last data block's trailer
+
+    cdef bytes _read_block(self, uint64_t offset, uint64_t size, bint verify, str what)
+    cdef bytes _data_block(self, size_t i, bint fill_cache, bint verify)
+    cdef _load_index(self, bytes block, uint64_t offset)
+    cdef _load_range_dels(self, bytes block, uint64_t offset)
+    cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
+                                long long ts_lo=*, long long ts_hi=*)

@@ -1,0 +1,94 @@
+# cython: language_level=3
+"""Blocks: the unit an SSTable is read in (docs/FORMAT.md, "SSTable" / "Block").
+
+    block   := entry* restart:u32le{num_restarts} num_restarts:u32le
+    entry   := shared:varint unshared:varint value_len:varint
+               key_delta[unshared] value[value_len]
+
+An entry's key is the first `shared` bytes of the previous entry's key
+followed by key_delta.  Every BLOCK_RESTART_INTERVAL-th entry (the first
+included) is a restart point: shared = 0, and its offset is listed in the
+restart array, strictly increasing.  num_restarts = 0 exactly when the block
+holds no entry.  Keys are internal keys (>= 16 bytes), in internal-key order.
+
+CBlockBuilder writes blocks; CBlockIter reads them through the fdb_iter
+protocol.  Both are plain C state driven by the functions below, without the
+GIL.  Neither is thread-safe; a block's bytes are immutable once built, and
+any number of CBlockIters may read the same bytes at once.
+"""
+from libc.stdint cimport uint8_t, uint32_t
+from flowdb._core.cdefs cimport fdb_iter
+from flowdb._core.iterator cimport Iterator
+
+cdef enum:
+    # Entries between restart points (part of the format only through the
+    # restart array, which the reader takes as written: changing this is safe).
+    BLOCK_RESTART_INTERVAL = 16
+
+cdef extern from "fdb_table.h" nogil:
+    # Largest block the builder makes: restart offsets are u32.
+    size_t FDB_BLOCK_MAX_SIZE
+
+
+cdef struct CBlockBuilder:
+    uint8_t *buf              # entries, then (after finish) the restart array
+    size_t len                # bytes used in buf
+    size_t cap                # bytes allocated in buf
+    uint32_t *restarts        # offsets of the restart points so far
+    size_t num_restarts
+    size_t restarts_cap
+    int restart_interval      # entries per restart point (>= 1)
+    int counter               # entries since the last restart point
+    size_t num_entries        # entries added since the last reset
+    uint8_t *last_key         # copy of the last key added (prefix compression)
+    size_t last_key_len
+    size_t last_key_cap
+    bint finished             # finish() was called; reset() before adding again
+
+
+# Prepares an empty builder (no allocation yet).
+cdef void block_builder_init(CBlockBuilder *b, int restart_interval) noexcept nogil
+# Appends an entry.  The caller guarantees key_len >= 16 and that keys come in
+# increasing order.  FDB_OK, or FDB_ERR_NOMEM (also when the block would
+# exceed FDB_BLOCK_MAX_SIZE).
+cdef int block_builder_add(CBlockBuilder *b, const uint8_t *key, size_t key_len,
+                           const uint8_t *value, size_t value_len) noexcept nogil
+# Size the block would have if finished now.
+cdef size_t block_builder_estimate(const CBlockBuilder *b) noexcept nogil
+# Appends the restart array; the block is then b.buf[0 : b.len], valid until
+# reset/add/free.  FDB_OK or FDB_ERR_NOMEM.
+cdef int block_builder_finish(CBlockBuilder *b) noexcept nogil
+# Empties the builder, keeping its buffers.
+cdef void block_builder_reset(CBlockBuilder *b) noexcept nogil
+# Releases the buffers; init before using again.
+cdef void block_builder_free(CBlockBuilder *b) noexcept nogil
+
+
+cdef struct CBlockIter:
+    fdb_iter base             # the protocol (first member)
+    const uint8_t *data       # the block, borrowed: the caller keeps it alive
+    size_t size               # bytes of the whole block
+    size_t data_end           # offset of the restart array = end of the entries
+    uint32_t num_restarts
+    size_t cur                # offset of the current entry (while valid)
+    size_t next_off           # offset just past the current entry
+    uint32_t ri               # restart region of the current entry
+    size_t klen               # length of the key in keybuf
+    uint8_t *keybuf           # the current key, rebuilt from the prefix
+    size_t keycap
+    size_t err_off            # offset in the block of the corruption found
+    const char *err_msg       # static text describing it (NULL: none)
+
+
+# Prepares an iterator over no block (every move makes it invalid).  Sets the
+# protocol's function pointers; call once before anything else.
+cdef void block_iter_init(CBlockIter *it) noexcept nogil
+# Points the iterator at a block (invalid until positioned) after checking the
+# restart array.  FDB_OK or FDB_ERR_CORRUPTION (then status is set too).
+cdef int block_iter_reset(CBlockIter *it, const uint8_t *data, size_t size) noexcept nogil
+# The last entry of the block.
+cdef int block_iter_seek_to_last(CBlockIter *it) noexcept nogil
+# The entry before the current one (invalid before the first).
+cdef int block_iter_prev(CBlockIter *it) noexcept nogil
+# Frees the key buffer; init before using again.
+cdef void block_iter_free(CBlockIter *it) noexcept nogil

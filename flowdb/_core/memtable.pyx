@@ -1,0 +1,450 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""MemTable: a concurrent skiplist over an arena (after LevelDB db/skiplist.h).
+
+Node entry (docs/FORMAT.md, "Internal key"):
+
+    key   := user_key | ts_be | trailer_be(seq << 8 | kind)
+    value := (PUT)    expire_at:i64le user_value
+           | (DELETE) <empty>
+
+RANGE_DEL entries of a batch are not nodes: they go to `range_dels` as
+(start, end, seq), as Source requires.
+
+Concurrency: one writer (apply) and any number of lock-free readers.  A node
+is fully written before it is linked; each level is linked with a release
+store of the predecessor's pointer, and readers load pointers with acquire,
+so a reader that reaches a node sees its key and value.  Links are made at
+level 0 first, so a node reachable at any level is also in the level-0 list.
+Nodes are never unlinked or freed before the memtable itself, so readers
+need no reclamation scheme.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy
+from flowdb._core.cdefs cimport (
+    fdb_iter, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
+    FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
+    FDB_MAX_SEQ, FDB_TRAILER_SIZE)
+from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.batch cimport (BatchReader, BatchEntry, batch_reader_init,
+                                 batch_reader_next, batch_reader_finish, batch_error)
+
+cdef extern from *:
+    """
+    #include "flowdb.h"
+    /* Typed wrappers over the flowdb.h atomics (Cython cannot declare a
+       type-generic macro). */
+    #define mt_load_next(n, i)       fdb_load_acquire(&(n)->next[(i)])
+    #define mt_store_next(n, i, x)   fdb_store_release(&(n)->next[(i)], (x))
+    #define mt_init_next(n, i, x)    fdb_store_relaxed(&(n)->next[(i)], (x))
+    #define mt_load_height(l)        fdb_load_relaxed(&(l)->max_height)
+    #define mt_store_height(l, h)    fdb_store_relaxed(&(l)->max_height, (h))
+    """
+    MTNode *mt_load_next(MTNode *n, int i) nogil
+    void mt_store_next(MTNode *n, int i, MTNode *x) nogil
+    void mt_init_next(MTNode *n, int i, MTNode *x) nogil
+    int mt_load_height(MTList *l) nogil
+    void mt_store_height(MTList *l, int h) nogil
+
+cdef enum:
+    CHUNK_SIZE = 1 << 20
+    # Bigger nodes get their own allocation: at most a quarter chunk is wasted.
+    BIG_NODE = CHUNK_SIZE >> 2
+    ALIGN = 8
+    # Bytes of an MTNode before its next[] array.
+    NODE_HEADER = sizeof(MTNode) - sizeof(MTNode *)
+
+
+# -- arena -----------------------------------------------------------------
+
+cdef int _track(MTList *l, void *mem) noexcept nogil:
+    cdef void **grown
+    if l.nchunks == l.cap_chunks:
+        grown = <void **>realloc(l.chunks, (l.cap_chunks * 2 + 16) * sizeof(void *))
+        if grown == NULL:
+            return FDB_ERR_NOMEM
+        l.chunks = grown
+        l.cap_chunks = l.cap_chunks * 2 + 16
+    l.chunks[l.nchunks] = mem
+    l.nchunks += 1
+    return FDB_OK
+
+
+# Returns `size` bytes aligned to 8, or NULL when out of memory.
+cdef uint8_t *_arena_alloc(MTList *l, size_t size) noexcept nogil:
+    cdef uint8_t *mem
+    size = (size + ALIGN - 1) & ~(<size_t>ALIGN - 1)
+    if size <= l.alloc_left:
+        mem = l.alloc_ptr
+        l.alloc_ptr += size
+        l.alloc_left -= size
+        l.memory_used += size
+        return mem
+    # A big node in its own allocation keeps the current chunk's tail usable.
+    if size > <size_t>BIG_NODE:
+        mem = <uint8_t *>malloc(size)
+        if mem == NULL or _track(l, mem) != FDB_OK:
+            free(mem)
+            return NULL
+        l.memory_used += size
+        return mem
+    mem = <uint8_t *>malloc(CHUNK_SIZE)
+    if mem == NULL or _track(l, mem) != FDB_OK:
+        free(mem)
+        return NULL
+    l.memory_used += l.alloc_left + size     # the old tail is abandoned
+    l.alloc_ptr = mem + size
+    l.alloc_left = CHUNK_SIZE - size
+    return mem
+
+
+cdef void _list_free(MTList *l) noexcept nogil:
+    cdef size_t i
+    if l == NULL:
+        return
+    for i in range(l.nchunks):
+        free(l.chunks[i])
+    free(l.chunks)
+    free(l)
+
+
+cdef MTList *_list_new() noexcept nogil:
+    cdef MTList *l = <MTList *>calloc(1, sizeof(MTList))
+    cdef int i
+    if l == NULL:
+        return NULL
+    l.head = <MTNode *>_arena_alloc(l, NODE_HEADER + MT_MAX_HEIGHT * sizeof(MTNode *))
+    if l.head == NULL:
+        _list_free(l)
+        return NULL
+    l.head.key = NULL
+    l.head.key_len = 0
+    l.head.value_len = 0
+    for i in range(MT_MAX_HEIGHT):
+        l.head.next[i] = NULL
+        l.splice[i] = l.head
+    l.max_height = 1
+    l.last = NULL
+    # Fixed seed: the same writes build the same shape (reproducible tests).
+    l.rng = 0x9E3779B97F4A7C15
+    return l
+
+
+# -- search (readers and writer) -------------------------------------------
+
+cdef inline int _cmp(const MTNode *n, const uint8_t *k, size_t kn) noexcept nogil:
+    return fdb_ikey_cmp(n.key, n.key_len, k, kn)
+
+
+# First node >= k, or NULL.  If prev is not NULL, fills prev[level] with the
+# last node < k at every level (what an insert links after).
+cdef MTNode *_find_ge(MTList *l, const uint8_t *k, size_t kn, MTNode **prev) noexcept nogil:
+    cdef MTNode *x = l.head
+    cdef MTNode *nxt
+    cdef MTNode *known_ge = NULL       # already compared >= k: skip a memcmp
+    cdef int level = mt_load_height(l) - 1
+    while True:
+        nxt = mt_load_next(x, level)
+        if nxt != NULL and nxt != known_ge and _cmp(nxt, k, kn) < 0:
+            x = nxt
+        else:
+            if prev != NULL:
+                prev[level] = x
+            if level == 0:
+                return nxt
+            known_ge = nxt
+            level -= 1
+
+
+# Last node <= k, or NULL.
+cdef MTNode *_find_le(MTList *l, const uint8_t *k, size_t kn) noexcept nogil:
+    cdef MTNode *x = l.head
+    cdef MTNode *nxt
+    cdef MTNode *known_gt = NULL
+    cdef int level = mt_load_height(l) - 1
+    while True:
+        nxt = mt_load_next(x, level)
+        if nxt != NULL and nxt != known_gt and _cmp(nxt, k, kn) <= 0:
+            x = nxt
+        else:
+            if level == 0:
+                return NULL if x == l.head else x
+            known_gt = nxt
+            level -= 1
+
+
+# -- insert (writer only) --------------------------------------------------
+
+cdef inline int _random_height(MTList *l) noexcept nogil:
+    cdef int h = 1
+    cdef uint64_t x
+    while h < MT_MAX_HEIGHT:
+        # xorshift64: cheap, and its low bits are good enough for 1-in-4.
+        x = l.rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        l.rng = x
+        if (x >> 32) % MT_BRANCHING != 0:
+            break
+        h += 1
+    return h
+
+
+# A node for entry e with sequence number seq, not yet linked.
+cdef MTNode *_new_node(MTList *l, BatchEntry *e, uint64_t seq, int *height) noexcept nogil:
+    cdef int h = _random_height(l)
+    cdef size_t klen = e.key_len + FDB_TRAILER_SIZE
+    cdef size_t vlen = e.value_len + 8 if e.kind == FDB_KIND_PUT else 0
+    cdef size_t links = NODE_HEADER + <size_t>h * sizeof(MTNode *)
+    cdef uint8_t *mem = _arena_alloc(l, links + klen + vlen)
+    if mem == NULL:
+        return NULL
+    cdef MTNode *n = <MTNode *>mem
+    cdef uint8_t *k = mem + links
+    fdb_ikey_write(k, e.key, e.key_len, e.ts, seq, e.kind)
+    if e.kind == FDB_KIND_PUT:
+        fdb_put_u64le(k + klen, <uint64_t>e.expire_at)
+        memcpy(k + klen + 8, e.value, e.value_len)
+    n.key = k
+    n.key_len = <uint32_t>klen
+    n.value_len = <uint32_t>vlen
+    height[0] = h
+    return n
+
+
+# Links n (of height h).  Its internal key must not be in the list already
+# (guaranteed by increasing seqs).
+cdef void _insert(MTList *l, MTNode *n, int h) noexcept nogil:
+    cdef MTNode *prev[MT_MAX_HEIGHT]
+    cdef MTNode *x
+    cdef MTNode *nxt
+    cdef int i, level, top = l.max_height
+    cdef bint moved = False
+    if l.last != NULL and fdb_ikey_cmp(n.key, n.key_len, l.last.key, l.last.key_len) > 0:
+        # After the last insert: resume from its predecessors.  At each level
+        # the splice is < n; if the walk above moved past the splice it is
+        # already further right than the splice below.
+        x = l.splice[top - 1]
+        for level in range(top - 1, -1, -1):
+            if not moved:
+                x = l.splice[level]
+            while True:
+                nxt = mt_load_next(x, level)
+                if nxt == NULL or _cmp(nxt, n.key, n.key_len) >= 0:
+                    break
+                x = nxt
+                moved = True
+            prev[level] = x
+    else:
+        _find_ge(l, n.key, n.key_len, prev)
+    if h > top:
+        for i in range(top, h):
+            prev[i] = l.head
+        # Readers may see the new height before the node: they then find
+        # NULL at the new levels of head, which is correct.
+        mt_store_height(l, h)
+        top = h
+    for i in range(h):
+        mt_init_next(n, i, mt_load_next(prev[i], i))
+        mt_store_next(prev[i], i, n)
+    # The predecessors of n at every level are the splice for the next insert.
+    for i in range(top):
+        l.splice[i] = n if i < h else prev[i]
+    l.last = n
+
+
+# -- MemTable ----------------------------------------------------------------
+
+cdef class MemTable(Source):
+    """MemTable() -> an empty memtable.  See memtable.pxd for thread safety."""
+
+    def __cinit__(self):
+        self.list = _list_new()
+        if self.list == NULL:
+            raise MemoryError()
+        self.approximate_bytes = self.list.memory_used
+
+    def __dealloc__(self):
+        _list_free(self.list)
+        self.list = NULL
+
+    def __len__(self):
+        return self.num_entries
+
+    def apply(self, bytes payload not None, unsigned long long seq_start):
+        """Applies a batch payload (docs/FORMAT.md "Batch payload") with
+        sequence numbers seq_start, seq_start + 1, ...; returns the number
+        of entries.
+
+        The payload is validated whole before anything is inserted: a
+        malformed one raises CorruptionError and leaves the memtable
+        unchanged.  seq_start must be >= 1 and above every seq applied so
+        far (ValueError), so internal keys never repeat.  Single writer: a
+        concurrent second apply() raises RuntimeError.  Inserts run without
+        the GIL; readers may iterate meanwhile.
+        """
+        if self._applying:
+            raise RuntimeError("MemTable.apply() called concurrently; it has one writer")
+        self._applying = True
+        try:
+            return self._apply(payload, seq_start)
+        finally:
+            self._applying = False
+
+    cdef size_t _apply(self, bytes payload, uint64_t seq_start) except? 0:
+        cdef const uint8_t *buf = <const uint8_t *>PyBytes_AS_STRING(payload)
+        cdef size_t n = PyBytes_GET_SIZE(payload)
+        cdef BatchReader r
+        cdef BatchEntry e
+        cdef int st = FDB_OK, h
+        cdef size_t npoints = 0, nranges = 0, i, range_bytes = 0
+        cdef int64_t min_ts = INT64_MAX, max_ts = INT64_MIN
+        cdef MTList *l = self.list
+        cdef MTNode **nodes = NULL
+        cdef int *heights = NULL
+
+        # Pass 1: validate the whole payload; nothing is touched before it passes.
+        with nogil:
+            st = batch_reader_init(&r, buf, n)
+            while st == FDB_OK and r.index < r.count:
+                st = batch_reader_next(&r, &e)
+                if st != FDB_OK:
+                    break
+                if e.kind == FDB_KIND_RANGE_DEL:
+                    nranges += 1
+                    range_bytes += e.key_len + e.value_len
+                else:
+                    npoints += 1
+                    if e.ts < min_ts:
+                        min_ts = e.ts
+                    if e.ts > max_ts:
+                        max_ts = e.ts
+            if st == FDB_OK:
+                st = batch_reader_finish(&r)
+        if st != FDB_OK:
+            raise batch_error(&r)
+        cdef size_t count = r.count
+        if count == 0:
+            return 0
+        if seq_start == 0:
+            raise ValueError("seq_start must be >= 1 (seq 0 means 'none')")
+        if self.last_seq != 0 and seq_start <= self.last_seq:
+            raise ValueError(f"seq_start={seq_start} is not above the last applied "
+                             f"seq {self.last_seq}")
+        if seq_start > FDB_MAX_SEQ or count - 1 > FDB_MAX_SEQ - seq_start:
+            raise ValueError(f"seqs {seq_start}..{seq_start + count - 1} exceed "
+                             f"the 56-bit MAX_SEQ")
+
+        # Pass 2: build every node first, then link them, so that running out
+        # of memory leaves no half-applied batch (unlinked nodes are only
+        # wasted arena bytes).
+        if npoints:
+            nodes = <MTNode **>malloc(npoints * sizeof(MTNode *))
+            heights = <int *>malloc(npoints * sizeof(int))
+            if nodes == NULL or heights == NULL:
+                free(nodes)
+                free(heights)
+                raise MemoryError()
+            try:
+                with nogil:
+                    batch_reader_init(&r, buf, n)
+                    i = 0
+                    while r.index < r.count:
+                        batch_reader_next(&r, &e)
+                        if e.kind != FDB_KIND_RANGE_DEL:
+                            nodes[i] = _new_node(l, &e, seq_start + r.index - 1, &heights[i])
+                            if nodes[i] == NULL:
+                                st = FDB_ERR_NOMEM
+                                break
+                            i += 1
+                    if st == FDB_OK:
+                        for i in range(npoints):
+                            _insert(l, nodes[i], heights[i])
+            finally:
+                free(nodes)
+                free(heights)
+                self.approximate_bytes = l.memory_used + self._range_bytes
+            if st != FDB_OK:
+                raise MemoryError("memtable arena allocation failed")
+
+        if nranges:
+            batch_reader_init(&r, buf, n)
+            while r.index < r.count:
+                batch_reader_next(&r, &e)
+                if e.kind == FDB_KIND_RANGE_DEL:
+                    self.range_dels.append(((<const char *>e.key)[:e.key_len],
+                                            (<const char *>e.value)[:e.value_len],
+                                            seq_start + r.index - 1))
+        self._range_bytes += range_bytes
+
+        self.approximate_bytes = l.memory_used + self._range_bytes
+        self.num_entries += count
+        if self.first_seq == 0:
+            self.first_seq = seq_start
+        self.last_seq = seq_start + count - 1
+        if min_ts < self.min_ts:
+            self.min_ts = min_ts
+        if max_ts > self.max_ts:
+            self.max_ts = max_ts
+        return count
+
+    cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
+                                long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
+        """An iterator over every entry; the arguments are accepted for the
+        Source protocol and ignored (a memtable has no cache or blocks)."""
+        return MemTableIterator(self)
+
+
+# -- MemTableIterator --------------------------------------------------------
+
+cdef inline int _mt_position(MTIterState *st, MTNode *n) noexcept nogil:
+    st.node = n
+    if n == NULL:
+        st.base.valid = 0
+        return FDB_OK
+    st.base.key = n.key
+    st.base.key_len = n.key_len
+    st.base.value = n.key + n.key_len
+    st.base.value_len = n.value_len
+    st.base.valid = 1
+    return FDB_OK
+
+
+cdef int _mt_seek_to_first(fdb_iter *it) noexcept nogil:
+    cdef MTIterState *st = <MTIterState *>it
+    return _mt_position(st, mt_load_next(st.list.head, 0))
+
+
+cdef int _mt_seek(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef MTIterState *st = <MTIterState *>it
+    return _mt_position(st, _find_ge(st.list, t, tn, NULL))
+
+
+cdef int _mt_seek_for_prev(fdb_iter *it, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef MTIterState *st = <MTIterState *>it
+    return _mt_position(st, _find_le(st.list, t, tn))
+
+
+cdef int _mt_next(fdb_iter *it) noexcept nogil:
+    cdef MTIterState *st = <MTIterState *>it
+    if st.node == NULL:
+        st.base.valid = 0
+        return FDB_OK
+    return _mt_position(st, mt_load_next(st.node, 0))
+
+
+cdef class MemTableIterator(Iterator):
+
+    def __cinit__(self, MemTable mem not None):
+        self.mem = mem
+        self.st.list = mem.list
+        self.st.node = NULL
+        self.st.base.valid = 0
+        self.st.base.status = FDB_OK
+        self.st.base.seek_to_first = _mt_seek_to_first
+        self.st.base.seek = _mt_seek
+        self.st.base.seek_for_prev = _mt_seek_for_prev
+        self.st.base.next = _mt_next
+        self.it = &self.st.base

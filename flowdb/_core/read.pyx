@@ -1,0 +1,1030 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The read path: which entries a read sees, and what compaction may drop.
+
+Every read (get, get_latest, Cursor) and compaction apply the same rules
+(API.md section 1, "Data model and ordering") to the entries of a list of
+Sources given newest first:
+
+    visible(entry)   := entry.seq <= snapshot
+    version(key, ts) := the visible entry of (key, ts) with the greatest seq
+                        (entries sort by seq descending: the first one met)
+    live(key, ts)    := version exists
+                        and version.kind == PUT
+                        and not exists range delete rd:
+                                rd.start <= key < rd.end
+                                and version.seq < rd.seq <= snapshot
+                        and version.expire_at > now          # i64le value[0:8]
+
+Range deletes are never iterator entries: they come as a list of
+(start, end exclusive, seq), normally the union of the sources'
+`range_dels` (None means exactly that), or a prebuilt RangeDelIndex.
+Entries of kind RANGE_DEL met in an iterator are ignored.
+
+Compaction keeps, for each (key, ts), the versions a snapshot >=
+smallest_snapshot may still need (with no older snapshot: only the newest),
+drops what a range delete with seq <= smallest_snapshot hides, and, only at
+the bottommost level, the point tombstones and expired records themselves.
+
+The loops that skip invisible entries run without the GIL over the
+MergingIterator's C protocol; the GIL is taken per batch of records (Cursor)
+or per output table (compaction).
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+from libc.stdint cimport uint8_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT64_MAX
+from flowdb._core.cdefs cimport (
+    fdb_iter, fdb_ikey_write, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
+    fdb_ukey_cmp, fdb_get_u64le, FDB_KIND_DELETE, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
+    FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_NOMEM,
+    FDB_ERR_PYTHON)
+from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.merge cimport MergingIterator
+from flowdb._core.record cimport Record, make_record
+from flowdb._core.table cimport TableBuilder
+import heapq
+from flowdb._errors import CorruptionError
+
+__all__ = ["get", "get_latest", "Cursor", "compact", "RangeDelIndex"]
+
+# The greatest trailer byte: (key, ts, seq, 0xff) sorts before every entry
+# of (key, ts) with that seq or a smaller one.
+cdef unsigned KIND_FIRST = 0xff
+# next() calls tried before a seek when skipping ts outside [ts_lo, ts_hi]:
+# a seek repositions every child of the merge, a next moves one.
+cdef int NEXT_BEFORE_SEEK = 4
+# Cursor.next_batch copies at most this many records, and about this many
+# bytes (always at least one record), per GIL round trip.
+cdef Py_ssize_t BATCH_RECORDS = 4096
+cdef size_t BATCH_BYTES = 256 * 1024
+
+# Verdicts on the newest visible version of a (key, ts).
+cdef enum:
+    V_LIVE = 0
+    V_DELETED = 1           # a point tombstone
+    V_RANGE_DELETED = 2     # hidden by a range delete
+    V_EXPIRED = 3
+    V_CORRUPT = 4           # unknown kind, or a PUT value shorter than 8 bytes
+
+# What _find/compaction found malformed.
+cdef enum:
+    BAD_NONE = 0
+    BAD_KEY = 1             # an internal key shorter than 16 bytes
+    BAD_ENTRY = 2           # V_CORRUPT
+
+
+cdef inline int _verdict(unsigned kind, uint64_t seq, const uint8_t *v, size_t vn,
+                         uint64_t rd_seq, int64_t now) noexcept nogil:
+    """The rules above, for a version that is visible and the first of its
+    (key, ts); rd_seq is RangeDelIndex.covering_seq of its user key."""
+    if kind == FDB_KIND_DELETE:
+        return V_DELETED
+    if kind != FDB_KIND_PUT:
+        return V_CORRUPT
+    if seq < rd_seq:
+        return V_RANGE_DELETED
+    if vn < 8:
+        return V_CORRUPT
+    if <int64_t>fdb_get_u64le(v) <= now:
+        return V_EXPIRED
+    return V_LIVE
+
+
+cdef inline bint _same_ukey(const uint8_t *k, size_t kn, const uint8_t *u, size_t un) noexcept nogil:
+    return kn == un + FDB_TRAILER_SIZE and (un == 0 or memcmp(k, u, un) == 0)
+
+
+cdef inline uint64_t _clamp_seq(unsigned long long s) noexcept nogil:
+    return s if s < FDB_MAX_SEQ else FDB_MAX_SEQ
+
+
+cdef str _bad_message(int bad):
+    if bad == BAD_KEY:
+        return "internal key shorter than 16 bytes"
+    return "entry of unknown kind or PUT value shorter than its 8-byte expiry"
+
+
+# -- range tombstones ------------------------------------------------------------
+
+cdef class RangeDelIndex:
+
+    def __init__(self, range_dels=(), unsigned long long snapshot=FDB_MAX_SEQ):
+        cdef Py_ssize_t i
+        cdef bytes s, e
+        kept = set()
+        for rd in range_dels:
+            start, end, seq = rd
+            if not isinstance(start, bytes) or not isinstance(end, bytes):
+                raise TypeError("a range delete is (start: bytes, end: bytes, seq: int)")
+            if start < end and 0 < seq <= snapshot:
+                kept.add((start, end, int(seq)))
+        rds = sorted(kept)
+        self.range_dels = rds
+        self.max_seq = max((q for _, _, q in rds), default=0)
+        self.n = len(rds)
+        self._keep = []
+        if self.n == 0:
+            return
+
+        # Fragments: a sweep over the distinct boundaries, with a max-heap of
+        # the tombstones open at each (lazily dropping those already ended).
+        bounds = sorted({b for s, e, _ in rds for b in (s, e)})
+        frags = []
+        heap = []
+        j = 0
+        for b in bounds:
+            while j < self.n and rds[j][0] == b:
+                heapq.heappush(heap, (-rds[j][2], rds[j][1]))
+                j += 1
+            while heap and heap[0][1] <= b:
+                heapq.heappop(heap)
+            top = -heap[0][0] if heap else 0
+            if not frags or frags[len(frags) - 1][1] != top:
+                frags.append((b, top))
+
+        self.spans = <RangeSpan *>malloc(self.n * sizeof(RangeSpan))
+        self.frags = <RangeFragment *>malloc(len(frags) * sizeof(RangeFragment))
+        if self.spans == NULL or self.frags == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            s, e, q = rds[i]
+            self._keep.append(s)
+            self._keep.append(e)
+            self.spans[i].start = <const uint8_t *><const char *>s
+            self.spans[i].start_len = len(s)
+            self.spans[i].end = <const uint8_t *><const char *>e
+            self.spans[i].end_len = len(e)
+            self.spans[i].seq = q
+        self.m = len(frags)
+        for i in range(self.m):
+            s, q = frags[i]
+            self._keep.append(s)
+            self.frags[i].start = <const uint8_t *><const char *>s
+            self.frags[i].start_len = len(s)
+            self.frags[i].seq = q
+
+    def __dealloc__(self):
+        free(self.spans)
+        free(self.frags)
+
+    def __len__(self):
+        return self.n
+
+    cdef uint64_t covering_seq(self, const uint8_t *k, size_t kn,
+                               uint64_t snapshot) noexcept nogil:
+        cdef Py_ssize_t lo, hi, mid, i
+        cdef uint64_t best = 0
+        if self.n == 0:
+            return 0
+        if snapshot >= self.max_seq:
+            lo = 0
+            hi = self.m
+            while lo < hi:              # first fragment starting after k
+                mid = (lo + hi) // 2
+                if fdb_ukey_cmp(self.frags[mid].start, self.frags[mid].start_len, k, kn) <= 0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return self.frags[lo - 1].seq if lo > 0 else 0
+        for i in range(self.n):
+            if fdb_ukey_cmp(self.spans[i].start, self.spans[i].start_len, k, kn) > 0:
+                break
+            if (best < self.spans[i].seq <= snapshot
+                    and fdb_ukey_cmp(k, kn, self.spans[i].end, self.spans[i].end_len) < 0):
+                best = self.spans[i].seq
+        return best
+
+    def covering(self, bytes key not None, unsigned long long snapshot=FDB_MAX_SEQ):
+        """The greatest seq <= snapshot of the tombstones covering `key` (0: none)."""
+        return self.covering_seq(key, len(key), snapshot)
+
+
+cdef list _all_range_dels(list sources):
+    return [rd for s in sources for rd in (<Source?>s).range_dels]
+
+
+cdef RangeDelIndex _index(object range_dels, list sources, uint64_t snapshot):
+    if isinstance(range_dels, RangeDelIndex):
+        return <RangeDelIndex>range_dels
+    if range_dels is None:
+        range_dels = _all_range_dels(sources)
+    return RangeDelIndex(range_dels, snapshot)
+
+
+# -- point reads -------------------------------------------------------------------
+
+cdef int _raise_iter(Iterator itr, int rc) except -1:
+    itr.check()
+    raise CorruptionError(f"iterator failed with status {rc}")
+
+
+cdef bint _seek_version(Iterator itr, bytes key, int64_t ts, uint64_t snapshot,
+                        bytearray tbuf) except -1:
+    """Positions itr on the newest entry of (key, ts) with seq <= snapshot;
+    False if it has none."""
+    cdef fdb_iter *it = itr.it
+    cdef const uint8_t *kp = key
+    cdef size_t kn = len(key)
+    cdef uint8_t *t = tbuf
+    cdef int rc
+    fdb_ikey_write(t, kp, kn, ts, snapshot, KIND_FIRST)
+    with nogil:
+        rc = it.seek(it, t, kn + FDB_TRAILER_SIZE)
+        while (rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn)
+               and fdb_ikey_ts(it.key, it.key_len) == ts
+               and fdb_ikey_kind(it.key, it.key_len) == FDB_KIND_RANGE_DEL):
+            rc = it.next(it)
+    if rc != FDB_OK or it.status != FDB_OK:
+        _raise_iter(itr, rc)
+    return (it.valid and _same_ukey(it.key, it.key_len, kp, kn)
+            and fdb_ikey_ts(it.key, it.key_len) == ts)
+
+
+cdef object _resolve(Iterator itr, bytes key, object range_dels, list sources,
+                     uint64_t snapshot, int64_t now):
+    """The Record for the version itr is on (found by _seek_version), or None."""
+    cdef fdb_iter *it = itr.it
+    cdef unsigned kind = fdb_ikey_kind(it.key, it.key_len)
+    cdef uint64_t seq = fdb_ikey_seq(it.key, it.key_len)
+    cdef uint64_t rd_seq = 0
+    if kind == FDB_KIND_PUT and (range_dels is None or range_dels):
+        if isinstance(range_dels, RangeDelIndex):
+            rd_seq = (<RangeDelIndex>range_dels).covering_seq(key, len(key), snapshot)
+        else:
+            # One key: a pass over the list beats building an index.
+            if range_dels is None:
+                range_dels = _all_range_dels(sources)
+            for start, end, q in range_dels:
+                if rd_seq < q <= snapshot and start <= key < end:
+                    rd_seq = q
+    v = _verdict(kind, seq, it.value, it.value_len, rd_seq, now)
+    if v == V_CORRUPT:
+        raise CorruptionError(_bad_message(BAD_ENTRY))
+    if v != V_LIVE:
+        return None
+    return make_record(key, fdb_ikey_ts(it.key, it.key_len),
+                       PyBytes_FromStringAndSize(<const char *>it.value + 8, it.value_len - 8),
+                       <int64_t>fdb_get_u64le(it.value))
+
+
+def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,
+        bytes key not None, long long ts, bint fill_cache=True, bint verify_checksums=True):
+    """The live Record at exactly (key, ts) as of `snapshot`, or None.
+
+    sources: newest first.  range_dels: every range tombstone to honour, a
+    list of (start, end, seq) or a RangeDelIndex; None = the union of the
+    sources' range_dels.  The first source holding a version of (key, ts)
+    with seq <= snapshot decides; older sources are not read.
+    """
+    cdef Source src
+    cdef Iterator itr
+    cdef uint64_t snap = _clamp_seq(snapshot)
+    cdef const uint8_t *kp = key
+    cdef size_t kn = len(key)
+    tbuf = bytearray(kn + FDB_TRAILER_SIZE)
+    for s in sources:
+        src = <Source?>s
+        if ts < src.min_ts or ts > src.max_ts or not src.may_contain(kp, kn):
+            continue
+        itr = src.new_iterator(fill_cache, verify_checksums, ts, ts)
+        if _seek_version(itr, key, ts, snap, tbuf):
+            return _resolve(itr, key, range_dels, sources, snap, now_us)
+    return None
+
+
+def get_latest(list sources not None, range_dels, unsigned long long snapshot,
+               long long now_us, bytes key not None, bint fill_cache=True,
+               bint verify_checksums=True):
+    """The live Record of `key` with the greatest ts as of `snapshot`, or None.
+
+    Finds, per source, the greatest ts <= T of the key (seek_for_prev: one
+    seek per source), resolves the greatest over all sources as get() does,
+    and only if that version is not live lowers T below it and repeats.  A
+    source's answer is reused while it stays <= T.  (A stray RANGE_DEL entry
+    found this way resolves to "no version", so T just moves below it.)
+    """
+    cdef Source src
+    cdef Iterator itr
+    cdef fdb_iter *it
+    cdef uint64_t snap = _clamp_seq(snapshot)
+    cdef const uint8_t *kp = key
+    cdef size_t kn = len(key)
+    cdef uint8_t *t
+    cdef int64_t T = INT64_MAX, best = 0, bound, found_ts
+    cdef bint has_best, has_found
+    cdef int rc
+    cdef Py_ssize_t i, n
+    tbuf = bytearray(kn + FDB_TRAILER_SIZE)
+    t = tbuf
+    # Per source that may hold the key: its iterator (made on first use), and
+    # has[i]: 0 = to look up, 1 = cand[i] is its greatest ts <= T, 2 = it has
+    # no ts <= T (which stays true as T decreases).
+    srcs = []
+    for s in sources:
+        src = <Source?>s
+        if src.min_ts <= src.max_ts and src.may_contain(kp, kn):
+            srcs.append(src)
+    n = len(srcs)
+    its = [None] * n
+    cand = [0] * n
+    has = [0] * n
+    while True:
+        has_best = False
+        for i in range(n):
+            src = <Source>srcs[i]
+            if has[i] == 1 and cand[i] > T:
+                has[i] = 0
+            if has[i] == 0:
+                bound = T if T < src.max_ts else src.max_ts
+                if bound < src.min_ts:
+                    has[i] = 2
+                    continue
+                if its[i] is None:
+                    its[i] = src.new_iterator(fill_cache, verify_checksums, INT64_MIN, INT64_MAX)
+                itr = <Iterator>its[i]
+                it = itr.it
+                if it.seek_for_prev == NULL:
+                    raise TypeError(f"{type(src).__name__}.new_iterator() has no seek_for_prev; "
+                                    "a Source's iterators must have one (include/flowdb.h)")
+                has_found = False
+                found_ts = 0
+                with nogil:
+                    # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
+                    fdb_ikey_write(t, kp, kn, bound, 0, 0)
+                    rc = it.seek_for_prev(it, t, kn + FDB_TRAILER_SIZE)
+                    if rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn):
+                        has_found = True
+                        found_ts = fdb_ikey_ts(it.key, it.key_len)
+                if rc != FDB_OK or it.status != FDB_OK:
+                    _raise_iter(itr, rc)
+                if has_found:
+                    has[i] = 1
+                    cand[i] = found_ts
+                else:
+                    has[i] = 2
+            if has[i] == 1 and (not has_best or cand[i] > best):
+                has_best = True
+                best = cand[i]
+        if not has_best:
+            return None
+        for i in range(n):
+            if has[i] == 1 and cand[i] == best:
+                itr = <Iterator>its[i]
+                if _seek_version(itr, key, best, snap, tbuf):
+                    record = _resolve(itr, key, range_dels, sources, snap, now_us)
+                    if record is not None:
+                        return record
+                    break
+        if best == INT64_MIN:
+            return None
+        T = best - 1
+
+
+# -- Cursor -------------------------------------------------------------------------
+
+@cython.final
+cdef class Cursor:
+    """Cursor(sources, range_dels, snapshot, now_us, prefix=None, start=None,
+    end=None, ts_lo=INT64_MIN, ts_hi=INT64_MAX, fill_cache=True,
+    verify_checksums=True)
+
+    Iterates the live Records of `sources` (newest first) as of `snapshot`,
+    in (key bytewise, ts) ascending order.  Keys: starting with `prefix`
+    (b"" or None: any) and within the inclusive [start, end] (None:
+    unbounded); ts within the inclusive [ts_lo, ts_hi].  An inverted range
+    yields nothing.  range_dels as for get().
+
+    Lazy: nothing is read before the first next()/next_batch(); memory stays
+    bounded by the children's current blocks plus one batch.  The cursor
+    holds iterators on the sources, so they must stay alive (the engine's
+    view keeps them).  Not thread-safe: one thread at a time.
+    """
+
+    def __init__(self, list sources not None, range_dels, unsigned long long snapshot,
+                 long long now_us, bytes prefix=None, bytes start=None, bytes end=None,
+                 long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX,
+                 bint fill_cache=True, bint verify_checksums=True):
+        cdef Source src
+        self._snapshot = _clamp_seq(snapshot)
+        self._now = now_us
+        self._ts_lo = ts_lo
+        self._ts_hi = ts_hi
+        self._prefix = prefix if prefix else None
+        self._hi = end
+        self._lo = start
+        if self._prefix is not None and (self._lo is None or self._lo < self._prefix):
+            self._lo = self._prefix
+        self._buf = []
+        self._bufpos = 0
+        self._batch = 16
+        self._rdi = _index(range_dels, sources, self._snapshot)
+        if self._lo is not None:
+            self._has_lo = True
+            self._lo_p = <const uint8_t *><const char *>self._lo
+            self._lo_n = len(self._lo)
+        if self._hi is not None:
+            self._has_hi = True
+            self._hi_p = <const uint8_t *><const char *>self._hi
+            self._hi_n = len(self._hi)
+        if self._prefix is not None:
+            self._has_pre = True
+            self._pre_p = <const uint8_t *><const char *>self._prefix
+            self._pre_n = len(self._prefix)
+        if ts_lo > ts_hi or (self._has_lo and self._has_hi and self._lo > self._hi):
+            self._done = True
+            return
+        children = []
+        for s in sources:
+            src = <Source?>s
+            if src.min_ts > src.max_ts or src.max_ts < ts_lo or src.min_ts > ts_hi:
+                continue
+            children.append(src.new_iterator(fill_cache, verify_checksums, ts_lo, ts_hi))
+        self._merge = MergingIterator(children)
+        self._it = self._merge.it
+
+    def __dealloc__(self):
+        free(self._cur)
+        free(self._tbuf)
+        free(self._arena)
+        free(self._outs)
+
+    def close(self):
+        """Releases the iterators (and what they pin); later reads return nothing."""
+        self._done = True
+        self._it = NULL
+        self._merge = None
+        self._buf = []
+        self._bufpos = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the nogil core ----------------------------------------------------
+
+    cdef int _seek(self, const uint8_t *ukey, size_t n, int64_t ts, uint64_t seq,
+                   unsigned kind) noexcept nogil:
+        cdef size_t need = n + FDB_TRAILER_SIZE
+        cdef uint8_t *p
+        if need > self._tcap:
+            p = <uint8_t *>realloc(self._tbuf, need)
+            if p == NULL:
+                return FDB_ERR_NOMEM
+            self._tbuf = p
+            self._tcap = need
+        fdb_ikey_write(self._tbuf, ukey, n, ts, seq, kind)
+        return self._it.seek(self._it, self._tbuf, need)
+
+    cdef int _set_cur(self, const uint8_t *k, size_t n) noexcept nogil:
+        cdef uint8_t *p
+        if n > self._cur_cap:
+            p = <uint8_t *>realloc(self._cur, n)
+            if p == NULL:
+                return FDB_ERR_NOMEM
+            self._cur = p
+            self._cur_cap = n
+        if n:
+            memcpy(self._cur, k, n)
+        self._cur_len = n
+        self._has_cur = True
+        return FDB_OK
+
+    cdef int _find(self) noexcept nogil:
+        """Moves the merge to the next live record (self._found) or to the end."""
+        cdef fdb_iter *it = self._it
+        cdef const uint8_t *k
+        cdef size_t kn, ulen
+        cdef int64_t ts
+        cdef uint64_t seq
+        cdef unsigned kind
+        cdef int rc, v
+        self._found = False
+        if self._done:
+            return FDB_OK
+        if not self._started:
+            self._started = True
+            if self._has_lo:
+                rc = self._seek(self._lo_p, self._lo_n, self._ts_lo, FDB_MAX_SEQ, KIND_FIRST)
+            else:
+                rc = it.seek_to_first(it)
+            if rc != FDB_OK:
+                return rc
+        elif self._pending_next:
+            self._pending_next = False
+            rc = it.next(it)
+            if rc != FDB_OK:
+                return rc
+        while True:
+            if not it.valid:
+                if it.status != FDB_OK:
+                    return it.status
+                self._done = True
+                return FDB_OK
+            k = it.key
+            kn = it.key_len
+            if kn < FDB_TRAILER_SIZE:
+                self._corrupt = BAD_KEY
+                return FDB_ERR_CORRUPTION
+            ulen = kn - FDB_TRAILER_SIZE
+            self.records_read += 1
+            if not (self._has_cur and ulen == self._cur_len
+                    and (ulen == 0 or memcmp(k, self._cur, ulen) == 0)):
+                # A new user key: the key filter, then its range tombstones.
+                if self._has_hi and fdb_ukey_cmp(k, ulen, self._hi_p, self._hi_n) > 0:
+                    self._done = True
+                    return FDB_OK
+                if self._has_pre and (ulen < self._pre_n
+                                      or memcmp(k, self._pre_p, self._pre_n) != 0):
+                    self._done = True
+                    return FDB_OK
+                rc = self._set_cur(k, ulen)
+                if rc != FDB_OK:
+                    return rc
+                self._has_last_ts = False
+                self._emitted_cur = False
+                self._nskip = 0
+                self._cur_rd_seq = self._rdi.covering_seq(k, ulen, self._snapshot)
+            ts = fdb_ikey_ts(k, kn)
+            if ts < self._ts_lo:
+                if self._nskip < NEXT_BEFORE_SEEK:
+                    self._nskip += 1
+                    rc = it.next(it)
+                else:
+                    self._nskip = 0
+                    rc = self._seek(self._cur, self._cur_len, self._ts_lo, FDB_MAX_SEQ, KIND_FIRST)
+                if rc != FDB_OK:
+                    return rc
+                continue
+            if ts > self._ts_hi:
+                if self._nskip < NEXT_BEFORE_SEEK:
+                    self._nskip += 1
+                    rc = it.next(it)
+                else:
+                    # (key, INT64_MAX, seq 0, kind 0) is the last possible entry of the key.
+                    self._nskip = 0
+                    rc = self._seek(self._cur, self._cur_len, INT64_MAX, 0, 0)
+                if rc != FDB_OK:
+                    return rc
+                continue
+            self._nskip = 0
+            if self._has_last_ts and ts == self._last_ts:
+                rc = it.next(it)            # an older version of a decided (key, ts)
+                if rc != FDB_OK:
+                    return rc
+                continue
+            seq = fdb_ikey_seq(k, kn)
+            kind = fdb_ikey_kind(k, kn)
+            if seq > self._snapshot or kind == FDB_KIND_RANGE_DEL:
+                rc = it.next(it)
+                if rc != FDB_OK:
+                    return rc
+                continue
+            self._has_last_ts = True
+            self._last_ts = ts
+            v = _verdict(kind, seq, it.value, it.value_len, self._cur_rd_seq, self._now)
+            if v == V_LIVE:
+                self._found = True
+                self._pending_next = True
+                return FDB_OK
+            if v == V_CORRUPT:
+                self._corrupt = BAD_ENTRY
+                return FDB_ERR_CORRUPTION
+            rc = it.next(it)
+            if rc != FDB_OK:
+                return rc
+
+    cdef int _fill(self, Py_ssize_t n, size_t budget) noexcept nogil:
+        """Copies up to n live records (about `budget` bytes) into the arena."""
+        cdef fdb_iter *it
+        cdef PendingRecord *o
+        cdef size_t ulen, vlen, need, cap
+        cdef uint8_t *p
+        cdef int rc
+        cdef bint same
+        self._nout = 0
+        self._arena_used = 0
+        while self._nout < n and (self._nout == 0 or self._arena_used < budget):
+            rc = self._find()
+            if rc != FDB_OK:
+                return rc
+            if not self._found:
+                break
+            it = self._it
+            ulen = it.key_len - FDB_TRAILER_SIZE
+            vlen = it.value_len - 8
+            same = self._emitted_cur and self._nout > 0
+            need = self._arena_used + vlen + (0 if same else ulen)
+            if need > self._arena_cap:
+                cap = self._arena_cap * 2 if self._arena_cap else 4096
+                while cap < need:
+                    cap *= 2
+                p = <uint8_t *>realloc(self._arena, cap)
+                if p == NULL:
+                    return FDB_ERR_NOMEM
+                self._arena = p
+                self._arena_cap = cap
+            o = &self._outs[self._nout]
+            o.same_key = same
+            if same:
+                o.key_off = self._outs[self._nout - 1].key_off
+                o.key_len = ulen
+            else:
+                o.key_off = self._arena_used
+                o.key_len = ulen
+                memcpy(self._arena + self._arena_used, it.key, ulen)
+                self._arena_used += ulen
+            o.value_off = self._arena_used
+            o.value_len = vlen
+            if vlen:
+                memcpy(self._arena + self._arena_used, it.value + 8, vlen)
+            self._arena_used += vlen
+            o.ts = fdb_ikey_ts(it.key, it.key_len)
+            o.expire_at = <int64_t>fdb_get_u64le(it.value)
+            self._emitted_cur = True
+            self._nout += 1
+        return FDB_OK
+
+    # -- Python API -------------------------------------------------------------
+
+    cdef int _raise(self, int rc) except -1:
+        cdef int bad = self._corrupt
+        self._done = True
+        if bad != BAD_NONE:
+            raise CorruptionError(_bad_message(bad))
+        if rc == FDB_ERR_NOMEM:
+            raise MemoryError()
+        if self._merge is not None:
+            self._merge.check()
+        raise CorruptionError(f"scan failed with status {rc}")
+
+    def next_batch(self, Py_ssize_t n=256):
+        """Up to n next records (fewer only at the end: [] once exhausted)."""
+        cdef list out = []
+        cdef PendingRecord *o
+        cdef Py_ssize_t i
+        cdef int rc
+        cdef bytes key = None
+        cdef PendingRecord *p
+        cdef Py_ssize_t per_fill
+        if n <= 0:
+            return out
+        # Read-ahead of __next__ comes first, so the two may be mixed.
+        if self._bufpos < len(self._buf):
+            out = self._buf[self._bufpos:self._bufpos + n]
+            self._bufpos += len(out)
+            if len(out) == n:
+                return out
+            n -= len(out)
+        while n > 0 and not self._done:
+            per_fill = n if n < BATCH_RECORDS else BATCH_RECORDS
+            if per_fill > self._outs_cap:
+                p = <PendingRecord *>realloc(self._outs, per_fill * sizeof(PendingRecord))
+                if p == NULL:
+                    raise MemoryError()
+                self._outs = p
+                self._outs_cap = per_fill
+            with nogil:
+                rc = self._fill(per_fill, BATCH_BYTES)
+            if rc != FDB_OK:
+                self._raise(rc)
+            for i in range(self._nout):
+                o = &self._outs[i]
+                if not o.same_key or key is None:
+                    key = PyBytes_FromStringAndSize(<const char *>self._arena + o.key_off, o.key_len)
+                out.append(make_record(
+                    key, o.ts,
+                    PyBytes_FromStringAndSize(<const char *>self._arena + o.value_off, o.value_len),
+                    o.expire_at))
+            self.records_returned += self._nout
+            n -= self._nout
+            if self._nout == 0:
+                break
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._bufpos >= len(self._buf):
+            self._buf = []
+            self._bufpos = 0
+            self._buf = self.next_batch(self._batch)
+            if self._batch < 1024:
+                self._batch *= 2
+            if not self._buf:
+                raise StopIteration
+        r = self._buf[self._bufpos]
+        self._bufpos += 1
+        return r
+
+
+# -- compaction -----------------------------------------------------------------------
+
+# Counters, per output table and in total.
+cdef struct Counters:
+    unsigned long long entries_in          # entries read from the merge
+    unsigned long long entries_out         # entries written
+    unsigned long long dropped_tombstones  # point DELETEs dropped (bottommost)
+    unsigned long long dropped_expired     # expired PUTs dropped (bottommost)
+    unsigned long long dropped_versions    # versions shadowed by a newer one of their (key, ts)
+    unsigned long long dropped_deleted     # entries hidden by a range delete
+
+
+cdef dict _counters_dict(Counters *c):
+    return {"entries_in": c.entries_in, "entries_out": c.entries_out,
+            "dropped_tombstones": c.dropped_tombstones, "dropped_expired": c.dropped_expired,
+            "dropped_versions": c.dropped_versions, "dropped_deleted": c.dropped_deleted}
+
+
+cdef void _counters_add(Counters *into, Counters *c) noexcept nogil:
+    into.entries_in += c.entries_in
+    into.entries_out += c.entries_out
+    into.dropped_tombstones += c.dropped_tombstones
+    into.dropped_expired += c.dropped_expired
+    into.dropped_versions += c.dropped_versions
+    into.dropped_deleted += c.dropped_deleted
+
+
+@cython.final
+cdef class _Compaction:
+    cdef MergingIterator merge
+    cdef fdb_iter *it
+    cdef RangeDelIndex rdi          # the tombstones allowed to drop entries
+    cdef list rds_out               # tombstones still to write (to the first output)
+    cdef object new_builder
+    cdef TableBuilder builder       # the output being written, or None
+    cdef list outputs               # finish() dicts
+    cdef object error               # a Python exception raised with the GIL
+    cdef int bad                    # BAD_* found in the input
+    cdef bint builder_failed        # builder.add() returned an error
+    cdef int64_t target
+    cdef int64_t now
+    cdef bint bottommost
+    cdef uint64_t smallest
+    # The current user key / (key, ts) group.
+    cdef uint8_t *cur
+    cdef size_t cur_len
+    cdef size_t cur_cap
+    cdef bint has_cur
+    cdef int64_t cur_ts
+    cdef uint64_t newer_seq         # seq of the previous version of the group (UINT64_MAX: none)
+    cdef uint64_t rd_seq            # covering_seq of the current user key
+    # Cutting outputs: only where the key (or, past twice the target, the
+    # (key, ts)) differs from the last entry written.
+    cdef bint ukey_changed
+    cdef bint group_changed
+    cdef bint want_cut
+    cdef bint must_cut
+    cdef size_t raw_since_check
+    cdef size_t check_every
+    cdef unsigned long long builder_entries
+    cdef bint builder_has_rds
+    cdef Counters pending           # counted since the current output began
+    cdef Counters total
+
+    def __dealloc__(self):
+        free(self.cur)
+
+    cdef int _next_builder(self) noexcept with gil:
+        try:
+            self._finish_current()
+            b = self.new_builder()
+            if not isinstance(b, TableBuilder):
+                raise TypeError(f"new_builder() returned {type(b).__name__}, not a TableBuilder")
+            self.builder = <TableBuilder>b
+            self.builder_entries = 0
+            self.builder_has_rds = False
+            self.want_cut = False
+            self.must_cut = False
+            self.raw_since_check = 0
+            if self.rds_out:
+                for s, e, q in self.rds_out:
+                    self.builder.add_range_del(s, e, q)
+                self.rds_out = None
+                self.builder_has_rds = True
+            return FDB_OK
+        except BaseException as e:
+            self.error = e
+            return FDB_ERR_PYTHON
+
+    cdef int _size_check(self) noexcept with gil:
+        try:
+            est = self.builder.file_size_estimate
+            if callable(est):
+                est = est()
+            if est >= self.target:
+                self.want_cut = True
+                if est >= 2 * self.target:
+                    self.must_cut = True
+            return FDB_OK
+        except BaseException as e:
+            self.error = e
+            return FDB_ERR_PYTHON
+
+    cdef _finish_current(self):
+        if self.builder is None:
+            return
+        b = self.builder
+        self.builder = None
+        if self.builder_entries == 0 and not self.builder_has_rds:
+            b.abandon()
+            return
+        info = b.finish()
+        info = dict(info) if info is not None else {}
+        info.update(_counters_dict(&self.pending))
+        _counters_add(&self.total, &self.pending)
+        memset(&self.pending, 0, sizeof(Counters))
+        self.outputs.append(info)
+
+    cdef int run(self) noexcept nogil:
+        cdef fdb_iter *it = self.it
+        cdef const uint8_t *k
+        cdef const uint8_t *v
+        cdef size_t kn, vn, ulen
+        cdef int64_t ts
+        cdef uint64_t seq
+        cdef unsigned kind
+        cdef int rc, verdict
+        cdef bint drop
+        cdef uint8_t *p
+        rc = it.seek_to_first(it)
+        if rc != FDB_OK:
+            return rc
+        while it.valid:
+            k = it.key
+            kn = it.key_len
+            v = it.value
+            vn = it.value_len
+            if kn < FDB_TRAILER_SIZE:
+                self.bad = BAD_KEY
+                return FDB_ERR_CORRUPTION
+            self.pending.entries_in += 1
+            ulen = kn - FDB_TRAILER_SIZE
+            ts = fdb_ikey_ts(k, kn)
+            seq = fdb_ikey_seq(k, kn)
+            kind = fdb_ikey_kind(k, kn)
+            if kind == FDB_KIND_RANGE_DEL:      # carried by range_dels, not here
+                rc = it.next(it)
+                if rc != FDB_OK:
+                    return rc
+                continue
+            if not (self.has_cur and ulen == self.cur_len
+                    and (ulen == 0 or memcmp(k, self.cur, ulen) == 0)):
+                if ulen > self.cur_cap:
+                    p = <uint8_t *>realloc(self.cur, ulen)
+                    if p == NULL:
+                        return FDB_ERR_NOMEM
+                    self.cur = p
+                    self.cur_cap = ulen
+                if ulen:
+                    memcpy(self.cur, k, ulen)
+                self.cur_len = ulen
+                self.has_cur = True
+                self.rd_seq = self.rdi.covering_seq(k, ulen, self.smallest)
+                self.ukey_changed = True
+                self.group_changed = True
+                self.cur_ts = ts
+                self.newer_seq = UINT64_MAX
+            elif ts != self.cur_ts:
+                self.group_changed = True
+                self.cur_ts = ts
+                self.newer_seq = UINT64_MAX
+            drop = False
+            if self.newer_seq <= self.smallest:
+                # Every snapshot that could read this version sees the newer one.
+                self.pending.dropped_versions += 1
+                drop = True
+            else:
+                verdict = _verdict(kind, seq, v, vn, self.rd_seq, self.now)
+                if verdict == V_CORRUPT:
+                    self.bad = BAD_ENTRY
+                    return FDB_ERR_CORRUPTION
+                if verdict == V_RANGE_DELETED:
+                    self.pending.dropped_deleted += 1
+                    drop = True
+                elif self.bottommost and seq <= self.smallest:
+                    if verdict == V_DELETED:
+                        self.pending.dropped_tombstones += 1
+                        drop = True
+                    elif verdict == V_EXPIRED:
+                        self.pending.dropped_expired += 1
+                        drop = True
+            self.newer_seq = seq
+            if not drop:
+                if self.builder is None or (self.want_cut and self.ukey_changed) or (
+                        self.must_cut and self.group_changed):
+                    rc = self._next_builder()
+                    if rc != FDB_OK:
+                        return rc
+                rc = self.builder.add(k, kn, v, vn)
+                if rc != FDB_OK:
+                    self.builder_failed = True
+                    return rc
+                self.builder_entries += 1
+                self.pending.entries_out += 1
+                self.ukey_changed = False
+                self.group_changed = False
+                self.raw_since_check += kn + vn
+                if self.raw_since_check >= self.check_every:
+                    self.raw_since_check = 0
+                    rc = self._size_check()
+                    if rc != FDB_OK:
+                        return rc
+            rc = it.next(it)
+            if rc != FDB_OK:
+                return rc
+        return it.status
+
+
+def compact(list sources not None, range_dels, new_builder, long long target_file_size,
+            bint bottommost, long long now_us, unsigned long long smallest_snapshot,
+            dict stats=None):
+    """Merges `sources` into new tables; returns their finish() dicts.
+
+    new_builder(): a fresh TableBuilder, called when the first entry (or
+    range delete) is to be written and whenever the current output's
+    file_size_estimate reached target_file_size, at a user-key boundary (or,
+    past twice the target, at a (key, ts) boundary: the versions of one
+    (key, ts) never span two outputs).
+
+    For each (key, ts) a version is dropped when a newer one has seq <=
+    smallest_snapshot, or when a range delete from `range_dels` with
+    entry.seq < rd.seq <= smallest_snapshot covers it.  bottommost: point
+    tombstones and expired PUTs with seq <= smallest_snapshot are dropped
+    too, and only the range deletes with seq > smallest_snapshot are
+    written; otherwise every range delete is written (to the first output)
+    and tombstones and expired PUTs are kept (an older version may lie in a
+    lower level).  range_dels: a list (None = the sources' union).
+
+    Each dict returned gains the counters entries_in, entries_out,
+    dropped_tombstones, dropped_expired, dropped_versions (shadowed by a
+    newer version) and dropped_deleted (hidden by a range delete), counted
+    while that output was current, so their sums are the totals; `stats`,
+    if given, receives the totals (also when every entry was dropped and
+    nothing was written).  On an error the output being written is
+    abandoned, and the outputs already finished are left for the caller to
+    delete; the exception propagates.
+    """
+    cdef _Compaction c = _Compaction.__new__(_Compaction)
+    cdef Source src
+    cdef RangeDelIndex all_rds
+    cdef int rc
+    cdef uint64_t smallest = _clamp_seq(smallest_snapshot)
+    if target_file_size <= 0:
+        raise ValueError("target_file_size must be positive")
+    if not callable(new_builder):
+        raise TypeError("new_builder must be callable")
+    all_rds = _index(range_dels, sources, FDB_MAX_SEQ)
+    c.rdi = RangeDelIndex(all_rds.range_dels, smallest)
+    if bottommost:
+        c.rds_out = [rd for rd in all_rds.range_dels if rd[2] > smallest]
+    else:
+        c.rds_out = list(all_rds.range_dels)
+    c.new_builder = new_builder
+    c.outputs = []
+    c.target = target_file_size
+    c.now = now_us
+    c.bottommost = bottommost
+    c.smallest = smallest
+    c.check_every = <size_t>max(1, min(target_file_size // 4, 64 * 1024))
+    children = []
+    for s in sources:
+        src = <Source?>s
+        children.append(src.new_iterator(False, True, INT64_MIN, INT64_MAX))
+    c.merge = MergingIterator(children)
+    c.it = c.merge.it
+    try:
+        with nogil:
+            rc = c.run()
+        if rc == FDB_OK and c.builder is None and c.rds_out:
+            rc = c._next_builder()              # range deletes and no entry
+        if rc != FDB_OK:
+            if c.error is not None:
+                raise c.error
+            if c.builder_failed:
+                if c.builder is not None and c.builder.error is not None:
+                    raise c.builder.error
+                raise CorruptionError(f"TableBuilder.add failed with status {rc}")
+            if c.bad != BAD_NONE:
+                raise CorruptionError(_bad_message(c.bad))
+            if rc == FDB_ERR_NOMEM:
+                raise MemoryError()
+            c.merge.check()
+            raise CorruptionError(f"compaction input failed with status {rc}")
+        c._finish_current()
+    except BaseException:
+        if c.builder is not None:
+            b = c.builder
+            c.builder = None
+            try:
+                b.abandon()
+            except Exception:
+                pass
+        raise
+    _counters_add(&c.total, &c.pending)   # drops after the last output, if any
+    if stats is not None:
+        stats.update(_counters_dict(&c.total))
+    return c.outputs

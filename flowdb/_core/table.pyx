@@ -1,0 +1,1056 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""SSTable builder, reader and iterator (docs/FORMAT.md, "SSTable").
+
+    table        := data_block* range_del_block bloom_block props_block
+                    index_block footer
+    *_block      := stored[size] type:u8 crc:u32le          # 5-byte trailer
+                    # type 0: stored = the block; 1: stored = snappy(block)
+                    # crc = crc32c(stored | type)
+    data block   := block (block.pyx) of (internal key, value) entries
+    range_del    := block of (internal_key(start, INT64_MIN, seq, RANGE_DEL), end)
+    bloom        := filter over the distinct user keys (bloom.pyx); empty: none
+    props        := UTF-8 JSON object (see "Properties block")
+    index        := block of one entry per data block, in order:
+                    key   = the data block's last internal key
+                    value = offset:varint size:varint min_ts:i64le max_ts:i64le
+                            min_expire_at:i64le max_expire_at:i64le
+    footer       := index_handle bloom_handle props_handle range_del_handle
+                    format_version:u32le = 1  crc:u32le  magic:8 = "FLOWSST\\0"
+                    # crc = crc32c of the 68 bytes before it
+    handle       := offset:u64le size:u64le     # size excludes the trailer
+
+The blocks tile the file: data blocks start at 0 and follow each other; then
+range_del, bloom, props, index, each right after the previous block's trailer;
+the footer right after the index's trailer.  A reader checks all of it.
+"""
+import errno
+import os
+import struct
+
+import crc32c as _crc32c
+import snappy as _snappy
+import ujson
+
+from cpython.object cimport PyTypeObject
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from posix.unistd cimport close as c_close
+
+from flowdb._core.cdefs cimport (
+    fdb_iter, fdb_ikey_cmp, fdb_ukey_cmp, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
+    fdb_get_u64le, fdb_put_u64le, fdb_put_varint, fdb_get_varint, fdb_ikey_write,
+    FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_IO, FDB_ERR_NOMEM, FDB_ERR_PYTHON,
+    FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
+    FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
+from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.block cimport (
+    CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
+    block_builder_init, block_builder_add, block_builder_estimate,
+    block_builder_finish, block_builder_reset, block_builder_free,
+    block_iter_init, block_iter_reset, block_iter_seek_to_last, block_iter_free)
+from flowdb._core.bloom cimport (
+    bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
+    bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
+    FDB_BLOOM_MAX_K)
+from flowdb._core.block import BlockBuilder as _PyBlockBuilder
+from flowdb._errors import CorruptionError
+
+cdef extern from "Python.h":
+    void PyType_Modified(PyTypeObject *t)
+
+
+# -- format constants (docs/FORMAT.md; never renumber) ---------------------------
+
+#: type:u8 crc:u32le after every block.
+BLOCK_TRAILER_SIZE = 1 + 4
+#: offset:u64le size:u64le.
+BLOCK_HANDLE_SIZE = 8 + 8
+#: index, bloom, props, range-del handles; format_version; crc; magic.
+FOOTER_SIZE = 4 * BLOCK_HANDLE_SIZE + 4 + 4 + 8
+#: The last 8 bytes of every table.
+TABLE_MAGIC = b"FLOWSST\x00"
+#: The table format this code writes and reads.
+FORMAT_VERSION = 1
+#: Block trailer type byte.
+COMPRESSION_NONE = 0
+COMPRESSION_SNAPPY = 1
+#: A block is stored compressed only if that saves at least 1/8 (12.5 %):
+#: compressed iff 8 * len(snappy) <= 7 * len(raw).
+COMPRESSION_MIN_SAVING_EIGHTHS = 1
+
+cdef enum:
+    # The fixed part of an index entry's value: min_ts, max_ts, min/max expire_at.
+    _INDEX_BOUNDS = 4 * 8
+    _INDEX_VALUE_MAX = 2 * 10 + _INDEX_BOUNDS   # two varints + the bounds
+
+#: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
+INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
+
+# Not format: the builder hands bytes to os.write in chunks of about this size.
+WRITE_BUFFER_SIZE = 1 << 20
+# Not format: the largest block_size a builder accepts (restart offsets are u32).
+MAX_BLOCK_SIZE = 1 << 30
+# Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
+# stored block claiming more is corrupt and is not handed to the decompressor.
+_SNAPPY_MAX_RATIO = 32
+
+_PROPS_INT_FIELDS = (
+    "num_entries", "num_deletes", "num_range_dels", "num_data_blocks",
+    "min_ts", "max_ts", "min_expire_at", "max_expire_at", "min_seq", "max_seq",
+    "raw_key_bytes", "raw_value_bytes", "data_size")
+_PROPS_KEY_FIELDS = ("smallest_key", "largest_key")
+
+_handle = struct.Struct("<QQ")
+
+
+cdef bytes _trailer(int typ, stored):
+    crc = _crc32c.crc32c(bytes((typ,)), _crc32c.crc32c(stored))
+    return bytes((typ,)) + crc.to_bytes(4, "little")
+
+
+def range_del_key(bytes start not None, unsigned long long seq):
+    """The internal key a range delete is stored under in the range-del block."""
+    cdef bytearray out = bytearray(len(start) + FDB_TRAILER_SIZE)
+    cdef uint8_t *p = out
+    fdb_ikey_write(p, start, len(start), INT64_MIN, seq, FDB_KIND_RANGE_DEL)
+    return bytes(out)
+
+
+# -- builder -------------------------------------------------------------------
+
+cdef class TableBuilder:
+    """Writes one SSTable to `path` (the caller passes a temporary name and
+    renames it after finish()).
+
+    TableBuilder(path, block_size=8192, bloom_bits_per_key=10)
+    add(ikey, value)                 point entries, strictly increasing order
+    add_range_del(start, end, seq)   any order; duplicates are stored once
+    finish() -> dict                 properties + file_size; fsyncs and closes
+    abandon()                        closes and deletes the file (idempotent)
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
+        self.status = FDB_OK
+        self.finished = False
+        block_builder_init(&self.data_block, BLOCK_RESTART_INTERVAL)
+        block_builder_init(&self.index_block, BLOCK_RESTART_INTERVAL)
+        bloom_builder_init(&self.bloom, 0)
+        self.last_key = NULL
+        self.last_key_len = 0
+        self.last_key_cap = 0
+        self.first_key = NULL
+        self.first_key_len = 0
+        self.blk_min_ts = INT64_MAX
+        self.blk_max_ts = INT64_MIN
+        self.blk_min_exp = INT64_MAX
+        self.blk_max_exp = INT64_MIN
+        self.min_ts = INT64_MAX
+        self.max_ts = INT64_MIN
+        self.min_exp = INT64_MAX
+        self.max_exp = INT64_MIN
+        self.min_seq = FDB_MAX_SEQ
+        self.max_seq = 0
+        self.wbuf = bytearray()
+        self.range_dels = set()
+
+    def __init__(self, path, block_size=8192, bloom_bits_per_key=10):
+        if not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be in 1..{MAX_BLOCK_SIZE}, got {block_size}")
+        if not 0 <= bloom_bits_per_key <= 1000:
+            raise ValueError(f"bloom_bits_per_key must be in 0..1000, got {bloom_bits_per_key}")
+        self.block_size = block_size
+        self.bloom_bits_per_key = bloom_bits_per_key
+        bloom_builder_init(&self.bloom, bloom_bits_per_key)
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+    def __dealloc__(self):
+        self._free()
+        if self.fd >= 0:
+            c_close(self.fd)
+
+    cdef void _free(self) noexcept:
+        block_builder_free(&self.data_block)
+        block_builder_free(&self.index_block)
+        bloom_builder_free(&self.bloom)
+        free(self.last_key)
+        free(self.first_key)
+        self.last_key = NULL
+        self.first_key = NULL
+        self.last_key_cap = 0
+
+    # -- adding ---------------------------------------------------------------
+
+    cdef int _reject(self, const char *message) noexcept nogil:
+        with gil:
+            self.error = ValueError(message.decode())
+        return FDB_ERR_PYTHON
+
+    cdef int _fail(self, int code, object exc) noexcept:
+        self.error = exc
+        self.status = code
+        return code
+
+    cdef int _nomem(self) noexcept nogil:
+        with gil:
+            return self._fail(FDB_ERR_NOMEM, MemoryError("out of memory building a table"))
+
+    cdef int add(self, const unsigned char *ikey, size_t ikey_len,
+                 const unsigned char *value, size_t value_len) noexcept nogil:
+        cdef unsigned kind
+        cdef int64_t ts, exp
+        cdef uint64_t seq
+        cdef size_t ulen, cap
+        cdef bint new_ukey = True
+        cdef uint8_t *p
+        if self.status != FDB_OK:
+            return self.status
+        if self.finished:
+            return self._reject(b"add() after finish() or abandon()")
+        if ikey_len < FDB_TRAILER_SIZE:
+            return self._reject(b"an internal key is at least 16 bytes")
+        kind = fdb_ikey_kind(ikey, ikey_len)
+        if kind == FDB_KIND_PUT:
+            if value_len < 8:
+                return self._reject(b"a PUT value starts with an 8-byte expire_at")
+            exp = <int64_t>fdb_get_u64le(value)
+        elif kind == FDB_KIND_DELETE:
+            if value_len != 0:
+                return self._reject(b"a DELETE value is empty")
+            exp = FDB_NEVER
+        else:
+            return self._reject(b"a table holds PUT and DELETE entries only "
+                                b"(range deletes go to add_range_del)")
+        ulen = ikey_len - FDB_TRAILER_SIZE
+        if self.num_entries:
+            if fdb_ikey_cmp(ikey, ikey_len, self.last_key, self.last_key_len) <= 0:
+                return self._reject(b"entries must come in strictly increasing "
+                                    b"internal-key order")
+            new_ukey = fdb_ukey_cmp(ikey, ulen, self.last_key,
+                                    self.last_key_len - FDB_TRAILER_SIZE) != 0
+        # Reserve the key copies first, so a failure changes nothing but status.
+        if ikey_len > self.last_key_cap:
+            cap = ikey_len if ikey_len > 2 * self.last_key_cap else 2 * self.last_key_cap
+            p = <uint8_t *>realloc(self.last_key, cap)
+            if p == NULL:
+                return self._nomem()
+            self.last_key = p
+            self.last_key_cap = cap
+        if self.num_entries == 0:
+            self.first_key = <uint8_t *>malloc(ikey_len)
+            if self.first_key == NULL:
+                return self._nomem()
+            memcpy(self.first_key, ikey, ikey_len)
+            self.first_key_len = ikey_len
+        if block_builder_add(&self.data_block, ikey, ikey_len, value, value_len) != FDB_OK:
+            return self._nomem()
+        if new_ukey and bloom_builder_add_hash(&self.bloom, bloom_hash(ikey, ulen)) != FDB_OK:
+            return self._nomem()
+        memcpy(self.last_key, ikey, ikey_len)
+        self.last_key_len = ikey_len
+
+        ts = fdb_ikey_ts(ikey, ikey_len)
+        seq = fdb_ikey_seq(ikey, ikey_len)
+        if ts < self.blk_min_ts: self.blk_min_ts = ts
+        if ts > self.blk_max_ts: self.blk_max_ts = ts
+        if exp < self.blk_min_exp: self.blk_min_exp = exp
+        if exp > self.blk_max_exp: self.blk_max_exp = exp
+        if seq < self.min_seq: self.min_seq = seq
+        if seq > self.max_seq: self.max_seq = seq
+        self.num_entries += 1
+        if kind == FDB_KIND_DELETE:
+            self.num_deletes += 1
+        self.raw_key_bytes += ikey_len
+        self.raw_value_bytes += value_len
+        if block_builder_estimate(&self.data_block) >= self.block_size:
+            return self._cut_block()
+        return FDB_OK
+
+    cdef int _cut_block(self) noexcept nogil:
+        """Writes the data block being filled and records it in the index."""
+        cdef uint8_t v[_INDEX_VALUE_MAX]
+        cdef uint8_t *p = v
+        cdef uint64_t off = 0, size = 0
+        cdef int rc = FDB_OK
+        if self.data_block.num_entries == 0:
+            return FDB_OK
+        if block_builder_finish(&self.data_block) != FDB_OK:
+            return self._nomem()
+        with gil:
+            try:
+                off, size = self._write_block(
+                    (<const char *>self.data_block.buf)[:self.data_block.len])
+            except OSError as e:
+                rc = self._fail(FDB_ERR_IO, e)
+            except MemoryError as e:
+                rc = self._fail(FDB_ERR_NOMEM, e)
+            except BaseException as e:
+                rc = self._fail(FDB_ERR_PYTHON, e)
+        if rc != FDB_OK:
+            return rc
+        p += fdb_put_varint(p, off)
+        p += fdb_put_varint(p, size)
+        fdb_put_u64le(p, <uint64_t>self.blk_min_ts)
+        fdb_put_u64le(p + 8, <uint64_t>self.blk_max_ts)
+        fdb_put_u64le(p + 16, <uint64_t>self.blk_min_exp)
+        fdb_put_u64le(p + 24, <uint64_t>self.blk_max_exp)
+        p += _INDEX_BOUNDS
+        if block_builder_add(&self.index_block, self.last_key, self.last_key_len,
+                             v, <size_t>(p - v)) != FDB_OK:
+            return self._nomem()
+        if self.blk_min_ts < self.min_ts: self.min_ts = self.blk_min_ts
+        if self.blk_max_ts > self.max_ts: self.max_ts = self.blk_max_ts
+        if self.blk_min_exp < self.min_exp: self.min_exp = self.blk_min_exp
+        if self.blk_max_exp > self.max_exp: self.max_exp = self.blk_max_exp
+        self.blk_min_ts = INT64_MAX
+        self.blk_max_ts = INT64_MIN
+        self.blk_min_exp = INT64_MAX
+        self.blk_max_exp = INT64_MIN
+        self.num_data_blocks += 1
+        block_builder_reset(&self.data_block)
+        return FDB_OK
+
+    cdef tuple _write_block(self, object raw):
+        """Appends raw as a stored block with its trailer; returns its handle."""
+        compressed = _snappy.compress(raw)
+        if 8 * len(compressed) <= (8 - COMPRESSION_MIN_SAVING_EIGHTHS) * len(raw):
+            stored, typ = compressed, COMPRESSION_SNAPPY
+        else:
+            stored, typ = raw, COMPRESSION_NONE
+        off = self.offset
+        self.wbuf += stored
+        self.wbuf += _trailer(typ, stored)
+        self.offset += len(stored) + BLOCK_TRAILER_SIZE
+        if len(self.wbuf) >= WRITE_BUFFER_SIZE:
+            self._flush_wbuf()
+        return off, len(stored)
+
+    cdef _flush_wbuf(self):
+        cdef Py_ssize_t pos = 0, n = len(self.wbuf)
+        with memoryview(self.wbuf) as view:
+            while pos < n:
+                pos += os.write(self.fd, view[pos:])
+        del self.wbuf[:]
+
+    # -- Python API -------------------------------------------------------------
+
+    def add_entry(self, bytes ikey not None, bytes value not None):
+        """add(ikey, value): appends one point entry (PUT or DELETE).
+
+        Raises ValueError for a bad or out-of-order entry (the builder stays
+        usable), OSError/MemoryError for a failed write (the builder is dead:
+        abandon() it)."""
+        cdef const unsigned char *k = ikey
+        cdef const unsigned char *v = value
+        if self.add(k, len(ikey), v, len(value)) != FDB_OK:
+            raise self.error
+
+    def add_range_del(self, bytes start not None, bytes end not None, seq):
+        """Records the range tombstone [start, end) at seq."""
+        if self.finished:
+            raise ValueError("add_range_del() after finish() or abandon()")
+        if not 0 <= seq <= FDB_MAX_SEQ:
+            raise ValueError(f"seq must be in 0..{FDB_MAX_SEQ}, got {seq}")
+        self.range_dels.add((start, end, int(seq)))
+        if seq < self.min_seq: self.min_seq = seq
+        if seq > self.max_seq: self.max_seq = seq
+
+    @property
+    def file_size_estimate(self):
+        """The size the file would have if finished now (about)."""
+        return (self.offset + block_builder_estimate(&self.data_block)
+                + block_builder_estimate(&self.index_block) + FOOTER_SIZE)
+
+    cdef dict _props(self):
+        cdef bint empty = self.num_entries == 0
+        cdef bint no_seq = empty and not self.range_dels
+        return {
+            "num_entries": self.num_entries,
+            "num_deletes": self.num_deletes,
+            "num_range_dels": len(self.range_dels),
+            "num_data_blocks": self.num_data_blocks,
+            "min_ts": self.min_ts,
+            "max_ts": self.max_ts,
+            "min_expire_at": self.min_exp,
+            "max_expire_at": self.max_exp,
+            "min_seq": 0 if no_seq else self.min_seq,
+            "max_seq": 0 if no_seq else self.max_seq,
+            "smallest_key": None if empty else (<const char *>self.first_key)[:self.first_key_len],
+            "largest_key": None if empty else (<const char *>self.last_key)[:self.last_key_len],
+            "raw_key_bytes": self.raw_key_bytes,
+            "raw_value_bytes": self.raw_value_bytes,
+            "data_size": 0,
+        }
+
+    def finish(self):
+        """Writes the meta blocks and footer, fsyncs and closes the file.
+        Returns the properties (docs/FORMAT.md, "Properties block") plus
+        file_size."""
+        cdef int rc
+        cdef size_t n
+        cdef bytearray filt
+        cdef uint8_t *fp
+        if self.finished:
+            raise ValueError("finish() after finish() or abandon()")
+        if self.status != FDB_OK:
+            raise self.error
+        try:
+            with nogil:
+                rc = self._cut_block()
+            if rc != FDB_OK:
+                raise self.error
+            props = self._props()
+            props["data_size"] = self.offset
+
+            rd = _PyBlockBuilder()
+            for start, end, seq in sorted(self.range_dels, key=lambda t: (t[0], -t[2], t[1])):
+                rd.add(range_del_key(start, seq), end)
+            rd_handle = self._write_block(rd.finish())
+
+            n = bloom_builder_size(&self.bloom)
+            filt = bytearray(n)
+            if n:
+                fp = filt
+                with nogil:
+                    bloom_builder_write(&self.bloom, fp)
+            bloom_handle = self._write_block(bytes(filt))
+
+            stored = dict(props)
+            for f in _PROPS_KEY_FIELDS:
+                if stored[f] is not None:
+                    stored[f] = stored[f].hex()
+            props_handle = self._write_block(ujson.dumps(stored, sort_keys=True).encode())
+
+            if block_builder_finish(&self.index_block) != FDB_OK:
+                raise MemoryError("out of memory building a table")
+            index_handle = self._write_block(
+                (<const char *>self.index_block.buf)[:self.index_block.len])
+
+            footer = b"".join(_handle.pack(*h) for h in
+                              (index_handle, bloom_handle, props_handle, rd_handle))
+            footer += FORMAT_VERSION.to_bytes(4, "little")
+            footer += _crc32c.crc32c(footer).to_bytes(4, "little")
+            footer += TABLE_MAGIC
+            self.wbuf += footer
+            self.offset += len(footer)
+            self._flush_wbuf()
+            os.fsync(self.fd)
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        except OSError as e:
+            self._fail(FDB_ERR_IO, e)
+            raise
+        except BaseException as e:
+            self._fail(FDB_ERR_PYTHON, e)
+            raise
+        self.finished = True
+        self._free()
+        props["file_size"] = self.offset
+        return props
+
+    def abandon(self):
+        """Closes and deletes the file; the builder is dead.  Idempotent."""
+        self.finished = True
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._free()
+
+    def __repr__(self):
+        return f"TableBuilder({self.path!r}, entries={self.num_entries})"
+
+
+# The C-level add() (table.pxd) and the Python-level add(ikey, value) share a
+# name, which Cython cannot declare twice in one class: publish the Python
+# method under "add" in the type's dict, where only Python lookups see it.
+(<dict>(<PyTypeObject *>TableBuilder).tp_dict)["add"] = TableBuilder.add_entry
+PyType_Modified(<PyTypeObject *>TableBuilder)
+
+
+# -- reader --------------------------------------------------------------------
+
+cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
+    """The uncompressed length a snappy stream starts with (UINT64_MAX if unreadable)."""
+    cdef uint64_t v = 0
+    if fdb_get_varint(p, p + n, &v) == NULL:
+        return <uint64_t>-1
+    return v
+
+
+cdef class TableReader(Source):
+    """An open SSTable: TableReader(path, file_number, block_cache=None).
+
+    Raises CorruptionError(message, path, offset) for a missing file and for
+    any inconsistency in the footer or the meta blocks; OSError for other
+    failures to open or read the file."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
+        self.index = NULL
+        self.index_keys = NULL
+        self.num_blocks = 0
+        self.bloom = b""
+        self.bloom_ptr = NULL
+        self.bloom_len = 0
+        self.props = {}
+
+    def __init__(self, path, file_number, block_cache=None):
+        self.path = os.fspath(path)
+        self.file_number = file_number
+        self.block_cache = block_cache
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Whoever opens a table believes it exists (the manifest lists it).
+            raise CorruptionError("SSTable file is missing", self.path) from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __dealloc__(self):
+        free(self.index)
+        free(self.index_keys)
+        if self.fd >= 0:
+            c_close(self.fd)
+
+    def close(self):
+        """Closes the file (idempotent).  Iterators still in use then fail."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"TableReader({self.path!r}, file_number={self.file_number})"
+
+    def _corrupt(self, message, offset):
+        return CorruptionError(message, self.path, offset)
+
+    def _open(self):
+        size = os.fstat(self.fd).st_size
+        self.file_size = size
+        if size < FOOTER_SIZE:
+            raise self._corrupt(f"file of {size} bytes is shorter than the "
+                                f"{FOOTER_SIZE}-byte footer", 0)
+        fstart = size - FOOTER_SIZE
+        footer = os.pread(self.fd, FOOTER_SIZE, fstart)
+        if len(footer) != FOOTER_SIZE:
+            raise self._corrupt("short read of the footer", fstart)
+        if footer[FOOTER_SIZE - 8:] != TABLE_MAGIC:
+            raise self._corrupt("bad magic number (not an SSTable)", size - 8)
+        version = int.from_bytes(footer[4 * BLOCK_HANDLE_SIZE:4 * BLOCK_HANDLE_SIZE + 4], "little")
+        if version != FORMAT_VERSION:
+            raise self._corrupt(f"unsupported table format version {version} "
+                                f"(this flowdb reads version {FORMAT_VERSION})", size - 16)
+        crc = int.from_bytes(footer[4 * BLOCK_HANDLE_SIZE + 4:4 * BLOCK_HANDLE_SIZE + 8], "little")
+        if _crc32c.crc32c(footer[:4 * BLOCK_HANDLE_SIZE + 4]) != crc:
+            raise self._corrupt("footer checksum mismatch", fstart)
+        index_h, bloom_h, props_h, rd_h = [_handle.unpack_from(footer, BLOCK_HANDLE_SIZE * i)
+                                          for i in range(4)]
+        # The meta blocks follow each other, then the footer.
+        pos = rd_h[0]
+        for h in (rd_h, bloom_h, props_h, index_h):
+            if h[0] != pos or h[1] > fstart:
+                raise self._corrupt("block handles in the footer do not tile the file", fstart)
+            pos = h[0] + h[1] + BLOCK_TRAILER_SIZE
+        if pos != fstart:
+            raise self._corrupt("block handles in the footer do not tile the file", fstart)
+        self.data_end = rd_h[0]
+
+        props_raw = self._read_block(props_h[0], props_h[1], True, "properties block")
+        self.props = self._parse_props(props_raw, props_h[0])
+        self.bloom = self._read_block(bloom_h[0], bloom_h[1], True, "bloom block")
+        if len(self.bloom) == 1 or (len(self.bloom) > 1 and
+                                     not 1 <= self.bloom[len(self.bloom) - 1] <= FDB_BLOOM_MAX_K):
+            raise self._corrupt("bad bloom filter", bloom_h[0])
+        self.bloom_ptr = self.bloom
+        self.bloom_len = len(self.bloom)
+        self._load_range_dels(self._read_block(rd_h[0], rd_h[1], True, "range-del block"), rd_h[0])
+        self._load_index(self._read_block(index_h[0], index_h[1], True, "index block"), index_h[0])
+
+        p = self.props
+        if p["num_data_blocks"] != self.num_blocks or p["data_size"] != self.data_end:
+            raise self._corrupt("properties disagree with the index", props_h[0])
+        if p["num_range_dels"] != len(self.range_dels):
+            raise self._corrupt("properties disagree with the range-del block", props_h[0])
+        if (p["num_entries"] == 0) != (self.num_blocks == 0):
+            raise self._corrupt("properties disagree with the index", props_h[0])
+        self.min_ts = p["min_ts"]
+        self.max_ts = p["max_ts"]
+        p["file_size"] = size
+
+    def _parse_props(self, bytes raw, uint64_t offset):
+        try:
+            obj = ujson.loads(raw)
+        except (ValueError, TypeError):
+            raise self._corrupt("properties block is not JSON", offset) from None
+        if not isinstance(obj, dict):
+            raise self._corrupt("properties block is not a JSON object", offset)
+        props = {}
+        for f in _PROPS_INT_FIELDS:
+            v = obj.get(f)
+            if type(v) is not int or not INT64_MIN <= v <= 2**64 - 1:
+                raise self._corrupt(f"property {f} missing or not an integer", offset)
+            props[f] = v
+        for f in _PROPS_KEY_FIELDS:
+            v = obj.get(f, 0)
+            if v is None:
+                props[f] = None
+                continue
+            try:
+                props[f] = bytes.fromhex(v)
+            except (ValueError, TypeError):
+                raise self._corrupt(f"property {f} is not a hex key", offset) from None
+        for f, v in obj.items():          # fields of later versions pass through
+            if f not in props:
+                props[f] = v
+        return props
+
+    cdef bytes _read_block(self, uint64_t offset, uint64_t size, bint verify, str what):
+        """The block stored at offset (size bytes + trailer), checked and
+        decompressed."""
+        cdef const uint8_t *p
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "table is closed", self.path)
+        raw = os.pread(self.fd, size + BLOCK_TRAILER_SIZE, offset)
+        if len(raw) != size + BLOCK_TRAILER_SIZE:
+            raise self._corrupt(f"{what} cut short", offset)
+        typ = raw[size]
+        if verify:
+            crc = int.from_bytes(raw[size + 1:], "little")
+            if _crc32c.crc32c(raw[size:size + 1], _crc32c.crc32c(memoryview(raw)[:size])) != crc:
+                raise self._corrupt(f"{what} checksum mismatch", offset)
+        if typ == COMPRESSION_NONE:
+            return raw[:size]
+        if typ == COMPRESSION_SNAPPY:
+            p = <const uint8_t *><const char *>raw
+            if _snappy_claimed_length(p, size) > _SNAPPY_MAX_RATIO * size + 64:
+                raise self._corrupt(f"{what} does not decompress", offset)
+            try:
+                return _snappy.decompress(memoryview(raw)[:size])
+            except Exception:
+                raise self._corrupt(f"{what} does not decompress", offset) from None
+        raise self._corrupt(f"{what} has unknown compression type {typ}", offset)
+
+    cdef bytes _data_block(self, size_t i, bint fill_cache, bint verify):
+        """Data block i, from the cache or the file.  Only checksum-verified
+        blocks are ever cached, so a cached block is trusted."""
+        cdef IndexEntry *e = &self.index[i]
+        cache = self.block_cache
+        key = None
+        if cache is not None:
+            key = (self.file_number, e.offset)
+            data = cache.get(key)
+            if data is not None:
+                self.blocks_loaded += 1
+                return data
+        self.blocks_read += 1
+        data = self._read_block(e.offset, e.size, verify, "data block")
+        if fill_cache and verify and cache is not None:
+            cache.put(key, data)
+        self.blocks_loaded += 1
+        return data
+
+    cdef _load_index(self, bytes block, uint64_t offset):
+        cdef CBlockIter it
+        cdef size_t n = 0, key_bytes = 0, i, kpos = 0
+        cdef uint64_t off, size, expect = 0
+        cdef const uint8_t *v
+        cdef const uint8_t *vend
+        cdef IndexEntry *e
+        block_iter_init(&it)
+        try:
+            for npass in range(2):
+                if block_iter_reset(&it, <const uint8_t *><const char *>block, len(block)) != FDB_OK:
+                    raise self._corrupt(f"index block: {(<bytes>it.err_msg).decode()}", offset)
+                it.base.seek_to_first(&it.base)
+                i = 0
+                while it.base.valid:
+                    if npass == 0:
+                        n += 1
+                        key_bytes += it.base.key_len
+                    else:
+                        e = &self.index[i]
+                        v = it.base.value
+                        vend = v + it.base.value_len
+                        v = fdb_get_varint(v, vend, &off)
+                        if v != NULL:
+                            v = fdb_get_varint(v, vend, &size)
+                        if v == NULL or vend - v != _INDEX_BOUNDS:
+                            raise self._corrupt(f"index entry {i}: bad value", offset)
+                        if off != expect or size > self.data_end - off:
+                            raise self._corrupt(f"index entry {i}: data blocks do not tile the file",
+                                                offset)
+                        expect = off + size + BLOCK_TRAILER_SIZE
+                        e.offset = off
+                        e.size = size
+                        e.min_ts = <int64_t>fdb_get_u64le(v)
+                        e.max_ts = <int64_t>fdb_get_u64le(v + 8)
+                        e.min_expire_at = <int64_t>fdb_get_u64le(v + 16)
+                        e.max_expire_at = <int64_t>fdb_get_u64le(v + 24)
+                        if e.min_ts > e.max_ts or e.min_expire_at > e.max_expire_at:
+                            raise self._corrupt(f"index entry {i}: bad bounds", offset)
+                        memcpy(self.index_keys + kpos, it.base.key, it.base.key_len)
+                        e.key_off = kpos
+                        e.key_len = it.base.key_len
+                        kpos += e.key_len
+                        if i and fdb_ikey_cmp(self.index_keys + self.index[i - 1].key_off,
+                                              self.index[i - 1].key_len,
+                                              self.index_keys + e.key_off, e.key_len) >= 0:
+                            raise self._corrupt(f"index entry {i}: keys out of order", offset)
+                    i += 1
+                    it.base.next(&it.base)
+                if it.base.status != FDB_OK:
+                    if it.err_msg == NULL:
+                        raise MemoryError()
+                    raise self._corrupt(f"index block: {(<bytes>it.err_msg).decode()} "
+                                        f"(byte {it.err_off} of the block)", offset)
+                if npass == 0:
+                    self.index = <IndexEntry *>malloc(max(n, 1) * sizeof(IndexEntry))
+                    self.index_keys = <uint8_t *>malloc(max(key_bytes, 1))
+                    if self.index == NULL or self.index_keys == NULL:
+                        raise MemoryError()
+            if expect != self.data_end:
+                raise self._corrupt("index does not cover the data blocks", offset)
+            self.num_blocks = n
+        finally:
+            block_iter_free(&it)
+
+    cdef _load_range_dels(self, bytes block, uint64_t offset):
+        cdef CBlockIter it
+        cdef list out = []
+        block_iter_init(&it)
+        try:
+            if block_iter_reset(&it, <const uint8_t *><const char *>block, len(block)) != FDB_OK:
+                raise self._corrupt(f"range-del block: {(<bytes>it.err_msg).decode()}", offset)
+            it.base.seek_to_first(&it.base)
+            while it.base.valid:
+                if (fdb_ikey_kind(it.base.key, it.base.key_len) != FDB_KIND_RANGE_DEL
+                        or fdb_ikey_ts(it.base.key, it.base.key_len) != INT64_MIN):
+                    raise self._corrupt("range-del block holds a key that is not a "
+                                        "range delete", offset)
+                out.append(((<const char *>it.base.key)[:it.base.key_len - FDB_TRAILER_SIZE],
+                            (<const char *>it.base.value)[:it.base.value_len],
+                            fdb_ikey_seq(it.base.key, it.base.key_len)))
+                it.base.next(&it.base)
+            if it.base.status != FDB_OK:
+                if it.err_msg == NULL:
+                    raise MemoryError()
+                raise self._corrupt(f"range-del block: {(<bytes>it.err_msg).decode()}", offset)
+        finally:
+            block_iter_free(&it)
+        self.range_dels = out
+
+    # -- queries ----------------------------------------------------------------
+
+    cdef bint may_contain(self, const unsigned char *ukey, size_t n) noexcept nogil:
+        return bloom_may_contain(self.bloom_ptr, self.bloom_len, ukey, n)
+
+    def may_contain_key(self, bytes ukey not None):
+        """Python view of may_contain: False only if ukey is certainly absent."""
+        cdef const unsigned char *p = ukey
+        return bool(self.may_contain(p, len(ukey)))
+
+    def block_meta(self):
+        """[(offset, size, min_ts, max_ts, min_expire_at, max_expire_at)] per data block."""
+        cdef size_t i
+        return [(self.index[i].offset, self.index[i].size, self.index[i].min_ts,
+                 self.index[i].max_ts, self.index[i].min_expire_at,
+                 self.index[i].max_expire_at) for i in range(self.num_blocks)]
+
+    @property
+    def num_data_blocks(self):
+        return self.num_blocks
+
+    cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
+                                long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
+        """An iterator over every entry; blocks whose ts bounds miss
+        [ts_lo, ts_hi] are skipped in both directions, as if absent."""
+        cdef TableIterator it = TableIterator.__new__(TableIterator)
+        it.reader = self
+        it.fill_cache = fill_cache
+        it.verify_checksums = verify_checksums
+        it.st.index = self.index
+        it.st.keys = self.index_keys
+        it.st.n = self.num_blocks
+        it.st.ts_lo = ts_lo
+        it.st.ts_hi = ts_hi
+        return it
+
+
+# -- iterator ------------------------------------------------------------------
+
+cdef struct TIterState:
+    fdb_iter base             # the protocol (first member)
+    void *owner               # the TableIterator that embeds this state (borrowed)
+    const IndexEntry *index   # the reader's index (the owner keeps the reader alive)
+    const uint8_t *keys       # the reader's index key arena
+    Py_ssize_t n              # data blocks
+    Py_ssize_t cur            # the block blk reads (-1: none)
+    int64_t ts_lo             # blocks whose ts bounds miss [ts_lo, ts_hi] are skipped
+    int64_t ts_hi
+    CBlockIter blk
+
+
+cdef class TableIterator(Iterator):
+    """Two-level iterator: the in-memory index, then one data block at a time."""
+    cdef TIterState st
+    cdef TableReader reader
+    cdef bytes block          # the bytes st.blk reads
+    cdef bint fill_cache
+    cdef bint verify_checksums
+
+    def __cinit__(self):
+        block_iter_init(&self.st.blk)
+        self.st.base.key = NULL
+        self.st.base.key_len = 0
+        self.st.base.value = NULL
+        self.st.base.value_len = 0
+        self.st.base.valid = 0
+        self.st.base.status = FDB_OK
+        self.st.base.seek_to_first = _ti_seek_to_first
+        self.st.base.seek = _ti_seek
+        self.st.base.seek_for_prev = _ti_seek_for_prev
+        self.st.base.next = _ti_next
+        self.st.owner = <void *>self
+        self.st.index = NULL
+        self.st.keys = NULL
+        self.st.n = 0
+        self.st.cur = -1
+        self.it = &self.st.base
+
+    def __dealloc__(self):
+        block_iter_free(&self.st.blk)
+
+    cdef int _fail(self, int code, object exc) noexcept:
+        self.error = exc
+        self.st.base.status = code
+        self.st.base.valid = 0
+        return code
+
+    cdef object _block_error(self):
+        cdef const char *msg = self.st.blk.err_msg
+        cdef uint64_t off = self.st.index[self.st.cur].offset if self.st.cur >= 0 else 0
+        text = (<bytes>msg).decode() if msg != NULL else "unreadable"
+        return CorruptionError(f"corrupt data block: {text} (byte {self.st.blk.err_off} "
+                               f"of the decompressed block)", self.reader.path, off)
+
+    cdef int _load(self, Py_ssize_t i) noexcept:
+        try:
+            data = self.reader._data_block(i, self.fill_cache, self.verify_checksums)
+        except CorruptionError as e:
+            return self._fail(FDB_ERR_CORRUPTION, e)
+        except OSError as e:
+            return self._fail(FDB_ERR_IO, e)
+        except MemoryError as e:
+            return self._fail(FDB_ERR_NOMEM, e)
+        except BaseException as e:
+            return self._fail(FDB_ERR_PYTHON, e)
+        self.block = data
+        self.st.cur = i
+        if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
+                            len(data)) != FDB_OK:
+            return self._fail(FDB_ERR_CORRUPTION, self._block_error())
+        return FDB_OK
+
+    cdef int _blk_failed(self) noexcept:
+        if self.st.blk.base.status == FDB_ERR_NOMEM:
+            return self._fail(FDB_ERR_NOMEM, MemoryError())
+        return self._fail(self.st.blk.base.status, self._block_error())
+
+    @property
+    def blocks_held(self):
+        """1 while the iterator holds a block, else 0 (it never holds more)."""
+        return 0 if self.block is None else 1
+
+
+cdef inline bint _overlaps(const TIterState *st, Py_ssize_t i) noexcept nogil:
+    return st.index[i].max_ts >= st.ts_lo and st.index[i].min_ts <= st.ts_hi
+
+
+cdef int _ti_load(TIterState *st, Py_ssize_t i) noexcept nogil:
+    cdef int rc
+    if st.cur == i:
+        return FDB_OK
+    with gil:
+        rc = (<TableIterator>st.owner)._load(i)
+    return rc
+
+
+cdef int _ti_blk_failed(TIterState *st) noexcept nogil:
+    cdef int rc
+    with gil:
+        rc = (<TableIterator>st.owner)._blk_failed()
+    return rc
+
+
+cdef int _ti_empty_block(TIterState *st) noexcept nogil:
+    st.blk.err_msg = b"data block holds no entry"
+    st.blk.err_off = 0
+    st.blk.base.status = FDB_ERR_CORRUPTION
+    return _ti_blk_failed(st)
+
+
+cdef inline int _ti_sync(TIterState *st) noexcept nogil:
+    """After a block move: mirror the block iterator's position."""
+    if st.blk.base.status != FDB_OK:
+        return _ti_blk_failed(st)
+    st.base.key = st.blk.base.key
+    st.base.key_len = st.blk.base.key_len
+    st.base.value = st.blk.base.value
+    st.base.value_len = st.blk.base.value_len
+    st.base.valid = st.blk.base.valid
+    return FDB_OK
+
+
+cdef int _ti_forward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
+    """The first entry of the first overlapping block at or after i."""
+    while i < st.n and not _overlaps(st, i):
+        i += 1
+    if i >= st.n:
+        st.base.valid = 0
+        return FDB_OK
+    if _ti_load(st, i) != FDB_OK:
+        return st.base.status
+    st.blk.base.seek_to_first(&st.blk.base)
+    if st.blk.base.status == FDB_OK and not st.blk.base.valid:
+        return _ti_empty_block(st)
+    return _ti_sync(st)
+
+
+cdef int _ti_backward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
+    """The last entry of the last overlapping block at or before i."""
+    while i >= 0 and not _overlaps(st, i):
+        i -= 1
+    if i < 0:
+        st.base.valid = 0
+        return FDB_OK
+    if _ti_load(st, i) != FDB_OK:
+        return st.base.status
+    block_iter_seek_to_last(&st.blk)
+    if st.blk.base.status == FDB_OK and not st.blk.base.valid:
+        return _ti_empty_block(st)
+    return _ti_sync(st)
+
+
+cdef Py_ssize_t _ti_lower_bound(const TIterState *st, const uint8_t *t, size_t tn) noexcept nogil:
+    """The first block whose last key is >= t (n if none)."""
+    cdef Py_ssize_t lo = 0, hi = st.n, mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if fdb_ikey_cmp(st.keys + st.index[mid].key_off, st.index[mid].key_len, t, tn) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int _ti_seek_to_first(fdb_iter *base) noexcept nogil:
+    cdef TIterState *st = <TIterState *>base
+    if base.status != FDB_OK:
+        return base.status
+    return _ti_forward_from(st, 0)
+
+
+cdef int _ti_seek(fdb_iter *base, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef TIterState *st = <TIterState *>base
+    cdef Py_ssize_t i
+    if base.status != FDB_OK:
+        return base.status
+    i = _ti_lower_bound(st, t, tn)
+    if i >= st.n:
+        base.valid = 0
+        return FDB_OK
+    if not _overlaps(st, i):
+        return _ti_forward_from(st, i + 1)
+    if _ti_load(st, i) != FDB_OK:
+        return base.status
+    st.blk.base.seek(&st.blk.base, t, tn)
+    if st.blk.base.status == FDB_OK and not st.blk.base.valid:
+        return _ti_forward_from(st, i + 1)
+    return _ti_sync(st)
+
+
+cdef int _ti_seek_for_prev(fdb_iter *base, const uint8_t *t, size_t tn) noexcept nogil:
+    cdef TIterState *st = <TIterState *>base
+    cdef Py_ssize_t i
+    if base.status != FDB_OK:
+        return base.status
+    i = _ti_lower_bound(st, t, tn)
+    if i < st.n and _overlaps(st, i):
+        if _ti_load(st, i) != FDB_OK:
+            return base.status
+        st.blk.base.seek_for_prev(&st.blk.base, t, tn)
+        if st.blk.base.status != FDB_OK or st.blk.base.valid:
+            return _ti_sync(st)
+    # Every key of the blocks before i is < t.
+    return _ti_backward_from(st, i - 1)
+
+
+cdef int _ti_next(fdb_iter *base) noexcept nogil:
+    cdef TIterState *st = <TIterState *>base
+    if base.status != FDB_OK:
+        return base.status
+    if not base.valid:
+        return FDB_OK
+    st.blk.base.next(&st.blk.base)
+    if st.blk.base.status == FDB_OK and not st.blk.base.valid:
+        return _ti_forward_from(st, st.cur + 1)
+    return _ti_sync(st)
+
+
+# -- flush helper ----------------------------------------------------------------
+
+def build_table(Iterator source not None, TableBuilder builder not None, list range_dels=None):
+    """Adds every entry of source (from seek_to_first to the end) and the
+    range deletes, then finishes the builder; returns its properties.
+
+    RANGE_DEL entries met in source are added as range deletes.  The loop runs
+    without the GIL.  On any error the builder is abandoned (its file deleted)
+    and the error raised."""
+    cdef fdb_iter *it = source.it
+    cdef int st = FDB_OK, bst = FDB_OK
+    cdef list found = []
+    try:
+        with nogil:
+            st = it.seek_to_first(it)
+            while st == FDB_OK and it.valid:
+                if (it.key_len >= FDB_TRAILER_SIZE
+                        and fdb_ikey_kind(it.key, it.key_len) == FDB_KIND_RANGE_DEL):
+                    with gil:
+                        found.append(((<const char *>it.key)[:it.key_len - FDB_TRAILER_SIZE],
+                                      (<const char *>it.value)[:it.value_len],
+                                      fdb_ikey_seq(it.key, it.key_len)))
+                else:
+                    bst = builder.add(it.key, it.key_len, it.value, it.value_len)
+                    if bst != FDB_OK:
+                        break
+                st = it.next(it)
+        if st != FDB_OK:
+            source.check()
+        if bst != FDB_OK:
+            raise builder.error
+        for start, end, seq in found:
+            builder.add_range_del(start, end, seq)
+        for start, end, seq in (range_dels or ()):
+            builder.add_range_del(start, end, seq)
+        return builder.finish()
+    except BaseException:
+        builder.abandon()
+        raise

@@ -1,0 +1,837 @@
+"""Engine: the orchestration of the LSM tree (API.md section 1).
+
+    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync)
+                                                  --> active memtable
+    memtable full --> frozen memtables --flush--> SSTable + manifest edit
+    reads: the current View (memtable, frozen, tables; newest first) at the
+           last published sequence number, through flowdb._core.read.
+
+Concurrency rules (lock order: _write_lock -> _flush_lock -> _mutex):
+- One write leader at a time holds _write_lock while it writes the WAL and
+  applies its group to the memtable; other writers queue on _write_cv and
+  are carried by the leader's group (group commit: one fsync for all).
+- _flush_lock serialises flushes and compactions (they change the tables).
+- _mutex guards the swap of self._view; a View is immutable, so readers take
+  it with one attribute read and never lock.
+- Readers see exactly the entries with seq <= self._visible_seq, which the
+  leader raises only after a whole group is in the memtable: no reader ever
+  sees part of a batch.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+
+from flowdb._block_cache import BlockCache
+from flowdb._config import Config, ReadOptions, StorageBackendKind
+from flowdb._core import batch as _batch
+from flowdb._core import read as _read
+from flowdb._core.memtable import MemTable
+from flowdb._core.record import Record
+from flowdb._core.table import TableBuilder, TableReader, build_table
+from flowdb._errors import FlowError, InvalidStateError, NotFoundError
+from flowdb._fileio import DirLock, fsync_dir, parse_name, table_name
+from flowdb._manifest import Manifest
+from flowdb._metrics import render_metrics
+from flowdb._query import ScanRange
+from flowdb._stats import EngineStats, LatencyHistogram
+from flowdb._validate import INT64_MAX, INT64_MIN, as_key, as_prefix, as_ts, as_ttl, as_value, expiry
+from flowdb._wal import WalWriter, delete_segments, list_segments, read_wal
+
+log = logging.getLogger("flowdb")
+
+_MIB = 1024 * 1024
+_GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
+_COMPACTION_TARGET_BYTES = 64 * _MIB  # output tables are cut at this size
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _View:
+    """An immutable picture of the tree: what a read merges, newest first."""
+
+    __slots__ = ("mem", "frozen", "tables", "sources", "_old_range_dels")
+
+    def __init__(self, mem, frozen, tables):
+        self.mem = mem                    # the active MemTable
+        self.frozen = frozen              # tuple of (MemTable, boundary_seq), newest first
+        self.tables = tables              # tuple of TableReader, newest first
+        self.sources = [mem] + [m for m, _ in frozen] + list(tables)
+        old = []
+        for s in self.sources[1:]:
+            old.extend(s.range_dels)
+        self._old_range_dels = old
+
+    def range_dels(self):
+        """Every range tombstone of the view (the active memtable's grow in place)."""
+        live = self.mem.range_dels
+        return self._old_range_dels + live if live else self._old_range_dels
+
+
+class _Writer:
+    """One caller waiting in the group-commit queue."""
+
+    __slots__ = ("payload", "count", "sync", "done", "error", "seq")
+
+    def __init__(self, payload, count, sync):
+        self.payload = payload
+        self.count = count
+        self.sync = sync
+        self.done = False
+        self.error = None
+        self.seq = 0
+
+
+class MaintenanceHandle:
+    """The background threads of an engine; stop() joins them."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowdb-maintenance", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        engine = self._engine
+        cfg = engine._config
+        tick = min(cfg.flush_interval_ms, cfg.compaction_interval_ms, 1000) / 1000.0
+        next_flush = time.monotonic() + cfg.flush_interval_ms / 1000.0
+        next_compaction = time.monotonic() + cfg.compaction_interval_ms / 1000.0
+        next_gc = time.monotonic() + cfg.gc_interval_secs
+        while not self._stop.is_set():
+            engine._maintenance_wakeup.wait(tick)
+            engine._maintenance_wakeup.clear()
+            if self._stop.is_set():
+                break
+            try:
+                now = time.monotonic()
+                engine._flush_frozen()
+                if now >= next_flush:
+                    next_flush = now + cfg.flush_interval_ms / 1000.0
+                    # Never block on the write lock: its holder may be waiting for us.
+                    if engine._freeze_if_nonempty(blocking=False):
+                        engine._flush_frozen()
+                if now >= next_compaction or len(engine._view.tables) >= cfg.compaction_threshold * 4:
+                    next_compaction = now + cfg.compaction_interval_ms / 1000.0
+                    if len(engine._view.tables) >= cfg.compaction_threshold:
+                        engine._compact(force=False)
+                if now >= next_gc:
+                    next_gc = now + cfg.gc_interval_secs
+                    engine._gc()
+            except Exception as exc:  # surfaced to the next foreground call
+                log.exception("background maintenance failed")
+                engine._background_error = exc
+
+    def stop(self):
+        self._stop.set()
+        self._engine._maintenance_wakeup.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+class _WalSyncer:
+    """Under SyncMode.interval_ms(n): fsyncs the WAL every n ms if it was written."""
+
+    def __init__(self, engine, interval_ms):
+        self._engine = engine
+        self._interval = interval_ms / 1000.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowdb-wal-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        engine = self._engine
+        while not self._stop.wait(self._interval):
+            try:
+                engine._sync_wal_if_dirty()
+            except Exception as exc:
+                log.exception("WAL sync failed; the engine refuses writes until reopened")
+                engine._fail_writes(exc)
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+class ScanIterator:
+    """A lazy scan over a snapshot; memory stays bounded by a few blocks."""
+
+    __slots__ = ("_cursor", "_view", "_engine", "_buffer", "_pos")
+
+    def __init__(self, engine, view, cursor):
+        self._engine = engine
+        self._view = view                  # keeps the snapshot's sources alive
+        self._cursor = cursor
+        self._buffer = []
+        self._pos = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Record:
+        if self._pos >= len(self._buffer):
+            if self._cursor is None:
+                raise StopIteration
+            self._buffer = self._cursor.next_batch(256)
+            self._pos = 0
+            if not self._buffer:
+                self._engine._records_read += self._cursor.records_returned
+                self._cursor = None
+                self._view = None
+                raise StopIteration
+        record = self._buffer[self._pos]
+        self._pos += 1
+        return record
+
+
+class Engine:
+    """An open flowdb store.  Create with Engine.open(); see API.md."""
+
+    # ---- opening and closing -------------------------------------------
+
+    @classmethod
+    def open(cls, config=None, **overrides) -> "Engine":
+        return cls(Config.build(config, **overrides))
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError("use Engine.open(config) to open an engine")
+        if config.storage_backend is not StorageBackendKind.MULTI_FILE:
+            raise ValueError("Config.storage_backend: only StorageBackendKind.MULTI_FILE "
+                             "is implemented in this version")
+        self._config = config
+        self._dir = os.path.abspath(os.fsdecode(config.data_dir))
+        self._closed = True
+        self._started = time.monotonic()
+        if not os.path.isdir(self._dir):
+            if not config.create_if_missing:
+                raise NotFoundError(f"Config.data_dir {self._dir!r} does not exist "
+                                    "and create_if_missing is False")
+            os.makedirs(self._dir, exist_ok=True)
+        self._lock = DirLock(self._dir)
+        try:
+            self._init_state()
+            self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+        self._syncer = None
+        if not config.wal_sync_mode.is_always:
+            self._syncer = _WalSyncer(self, config.wal_sync_mode.interval)
+        self._maintenance = None
+        if config.auto_background:
+            self._maintenance = MaintenanceHandle(self)
+
+    def _init_state(self):
+        cfg = self._config
+        self._memtable_limit = int(cfg.memtable_size_mb * _MIB)
+        self._sync_always = cfg.wal_sync_mode.is_always
+        self._cache = BlockCache(int(cfg.block_cache_capacity_mb * _MIB))
+        self._write_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._patch_lock = threading.Lock()
+        self._write_cv = threading.Condition(threading.Lock())
+        self._room_cv = threading.Condition(self._mutex)   # frozen memtables drained
+        self._queue = collections.deque()
+        self._maintenance_wakeup = threading.Event()
+        self._write_error = None
+        self._background_error = None
+        self._wal_dirty = False
+        self._segment_max_seq = {}
+        self._wal = None                      # created once recovery has replayed the old log
+        self._next_seq = 1
+        self._visible_seq = 0
+        # counters
+        self._records_written = 0
+        self._bytes_written = 0
+        self._records_read = 0
+        self._flushes = 0
+        self._compactions = 0
+        self._gc_runs = 0
+        self._purged = 0
+        self._expired_dropped = 0
+        self._write_hist = LatencyHistogram()
+        self._query_hist = LatencyHistogram()
+        self._flush_hist = LatencyHistogram()
+
+    def _recover(self):
+        cfg = self._config
+        exists = os.path.exists(os.path.join(self._dir, "MANIFEST"))
+        self._manifest = Manifest.open(self._dir, create=not exists)
+        man = self._manifest
+        self._remove_unlisted_files()
+        tables = []
+        for number, (level, _size) in man.tables.items():
+            tables.append(TableReader(os.path.join(self._dir, table_name(number)), number, self._cache))
+        tables.sort(key=lambda t: t.props["max_seq"], reverse=True)
+        self._view = _View(MemTable(), (), tuple(tables))
+        # Replay the WAL into memtables past flushed_seq, flushing as they fill.
+        # A memtable's boundary is the last seq replayed into it, never the
+        # manifest's last_seq: seqs above what the WAL holds were never durable.
+        flushed = man.flushed_seq
+        last_seq = max(man.last_seq, flushed)
+        self._next_seq = last_seq + 1
+        segments = list_segments(self._dir)
+        replayed, top = 0, flushed
+        for _segment, _offset, seq_start, payload in read_wal(self._dir, segments):
+            if seq_start <= flushed:
+                continue
+            mem = self._view.mem
+            count = mem.apply(payload, seq_start)
+            replayed += count
+            top = seq_start + count - 1
+            if top > last_seq:
+                last_seq = top
+                self._next_seq = last_seq + 1
+            if mem.approximate_bytes >= self._memtable_limit:
+                self._replace_view(frozen=((mem, top),), mem=MemTable())
+                self._flush_oldest_frozen()
+        if self._view.mem.num_entries or self._view.mem.range_dels:
+            self._replace_view(frozen=((self._view.mem, top),), mem=MemTable())
+            self._flush_oldest_frozen()
+        if replayed:
+            log.info("recovered %d entries from the WAL of %s", replayed, self._dir)
+        self._next_seq = last_seq + 1
+        self._visible_seq = last_seq
+        # Everything replayed is now in tables: a fresh segment starts the log.
+        self._wal = WalWriter(self._dir, man.new_file_number(),
+                              int(cfg.wal_segment_size_mb * _MIB), man.new_file_number)
+        man.log_edit(last_seq=last_seq, flushed_seq=last_seq)
+        delete_segments(self._dir, [s for s in segments if s != self._wal.current_number])
+
+    def _remove_unlisted_files(self):
+        live = set(self._manifest.tables)
+        for name in os.listdir(self._dir):
+            kind, number = parse_name(name)
+            path = os.path.join(self._dir, name)
+            if name.endswith(".tmp") or (kind == "sst" and number not in live):
+                log.info("removing leftover file %s", path)
+                os.unlink(path)
+
+    def shutdown(self) -> None:
+        """Flush, sync, stop background threads, release the lock; then closed."""
+        if self._closed:
+            return
+        try:
+            if self._maintenance is not None:
+                self._maintenance.stop()
+                self._maintenance = None
+            if self._syncer is not None:
+                self._syncer.stop()
+                self._syncer = None
+            if self._write_error is None:
+                self._flush_all()
+                self._wal.sync()
+        finally:
+            self._closed = True
+            try:
+                if self._wal is not None:
+                    self._wal.close()
+            except (OSError, FlowError):
+                pass
+            self._manifest.close()
+            self._lock.release()
+
+    def close(self) -> None:
+        """Flush the memtables and sync the WAL; the engine stays usable."""
+        self._check_open()
+        self.flush()
+        with self._write_lock:
+            self._wal.sync()
+            self._wal_dirty = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def __del__(self):
+        # A forgotten engine still releases its lock; data is safe in the WAL.
+        if getattr(self, "_closed", True) is False:
+            try:
+                self._lock.release()
+            except Exception:
+                pass
+
+    def _check_open(self):
+        if self._closed:
+            raise InvalidStateError("the engine has been shut down")
+        if self._background_error is not None:
+            exc, self._background_error = self._background_error, None
+            raise FlowError(f"background maintenance failed: {exc}") from exc
+
+    # ---- writing ---------------------------------------------------------
+
+    def write_batch(self, records) -> None:
+        """Atomically write records; each keeps its expire_at (NEVER gets the default TTL)."""
+        self._check_open()
+        payload, count, raw = _batch.encode_puts(records, self._config.default_ttl_secs, True)
+        self._commit(payload, count, raw, self._sync_always)
+
+    def write_batch_owned(self, records) -> None:
+        """Same as write_batch (kept for parity with the original API)."""
+        self.write_batch(records)
+
+    def write_batch_sync(self, records) -> None:
+        """As write_batch, and the WAL is fsynced before it returns, whatever the mode."""
+        self._check_open()
+        payload, count, raw = _batch.encode_puts(records, self._config.default_ttl_secs, True)
+        self._commit(payload, count, raw, True)
+
+    def write_batch_ttl(self, records, ttl_secs=None) -> None:
+        """Every record gets expire_at = ts + ttl (None: the default TTL, else its own)."""
+        self._check_open()
+        ttl = as_ttl(ttl_secs)
+        if ttl is None:
+            ttl = self._config.default_ttl_secs
+        payload, count, raw = _batch.encode_puts(records, ttl, False)
+        self._commit(payload, count, raw, self._sync_always)
+
+    def delete_batch(self, keys_ts) -> None:
+        """Atomically delete (key, ts) pairs; absent ones are not an error."""
+        self._check_open()
+        payload, count = _batch.encode_deletes(keys_ts)
+        self._commit(payload, count, 0, self._sync_always)
+
+    def delete_range(self, start_key, end_key) -> None:
+        """Delete every version of every key in [start_key, end_key)."""
+        self._check_open()
+        start = as_key(start_key, "start_key")
+        end = as_key(end_key, "end_key")
+        if start >= end:
+            return
+        payload, count = _batch.encode_range_delete(start, end)
+        self._commit(payload, count, 0, self._sync_always)
+
+    def patch_record(self, key, ts, new_value=None, new_ttl_secs=None) -> Record:
+        """Replace the value and/or expiry of a live record, serialised by a lock."""
+        self._check_open()
+        key = as_key(key)
+        ts = as_ts(ts)
+        value = None if new_value is None else as_value(new_value, "new_value")
+        ttl = as_ttl(new_ttl_secs, "new_ttl_secs")
+        with self._patch_lock:
+            current = self.get(key, ts)
+            if current is None:
+                raise NotFoundError(f"no live record at key={key!r} ts={ts}")
+            patched = Record(key, ts, current.value if value is None else value,
+                             current.expire_at if ttl is None else expiry(ts, ttl))
+            payload, count, raw = _batch.encode_puts([patched], None, False)
+            self._commit(payload, count, raw, self._sync_always)
+            return patched
+
+    def _commit(self, payload, count, raw, sync):
+        """Group commit: queue, and either ride a leader's group or lead one."""
+        if count == 0:
+            return
+        started = time.perf_counter_ns()
+        w = _Writer(payload, count, sync)
+        with self._write_cv:
+            if self._write_error is not None:
+                raise self._write_error
+            self._queue.append(w)
+            while not w.done and self._queue[0] is not w:
+                self._write_cv.wait()
+            if not w.done:
+                group, size = [], 0
+                for x in self._queue:
+                    group.append(x)
+                    size += len(x.payload)
+                    if size >= _GROUP_MAX_BYTES:
+                        break
+        if not w.done:
+            try:
+                with self._write_lock:
+                    self._write_group(group)
+            finally:
+                with self._write_cv:
+                    for _ in group:
+                        self._queue.popleft()
+                    self._write_cv.notify_all()
+        if w.error is not None:
+            raise w.error
+        self._records_written += count
+        self._bytes_written += raw
+        self._write_hist.record((time.perf_counter_ns() - started) // 1000)
+
+    def _write_group(self, group):
+        """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
+        try:
+            if self._write_error is not None:
+                raise self._write_error
+            self._make_room()
+            seq = self._next_seq
+            entries = []
+            for w in group:
+                w.seq = seq
+                entries.append((seq, w.payload))
+                seq += w.count
+            segment = self._wal.current_number
+            try:
+                self._wal.append(entries)
+                if any(w.sync for w in group):
+                    self._wal.sync()
+                else:
+                    self._wal_dirty = True
+            except Exception as exc:
+                self._fail_writes(exc)
+                raise self._write_error from exc
+            self._segment_max_seq[segment] = seq - 1
+            mem = self._view.mem
+            for w in group:
+                mem.apply(w.payload, w.seq)
+            self._next_seq = seq
+            self._visible_seq = seq - 1
+        except BaseException as exc:
+            for w in group:
+                w.error = exc
+        finally:
+            for w in group:
+                w.done = True
+
+    def _fail_writes(self, exc):
+        if self._write_error is None:
+            log.error("WAL write or fsync failed (%s); refusing writes until reopened", exc)
+            self._write_error = FlowError(
+                f"the WAL failed ({exc}); the engine refuses writes until it is reopened")
+
+    def _sync_wal_if_dirty(self):
+        if self._wal_dirty:
+            self._wal_dirty = False
+            self._wal.sync()
+
+    def _make_room(self):
+        """Called by the write leader: freeze a full memtable, waiting for room."""
+        if self._view.mem.approximate_bytes < self._memtable_limit:
+            return
+        self._freeze()
+
+    def _freeze(self):
+        """Move the active memtable to the frozen list (caller holds _write_lock)."""
+        with self._mutex:
+            while len(self._view.frozen) >= self._config.max_frozen_memtables:
+                if self._maintenance is None:
+                    break
+                self._maintenance_wakeup.set()
+                self._room_cv.wait(0.1)
+                if self._background_error is not None:
+                    raise FlowError("background flush failed") from self._background_error
+        if len(self._view.frozen) >= self._config.max_frozen_memtables:
+            self._flush_frozen()              # no background thread: flush inline
+        view = self._view
+        if view.mem.num_entries == 0 and not view.mem.range_dels:
+            return
+        self._replace_view(mem=MemTable(), frozen=((view.mem, self._next_seq - 1),) + view.frozen)
+        if self._maintenance is not None:
+            self._maintenance_wakeup.set()
+
+    def _freeze_if_nonempty(self, blocking=True):
+        """Freeze the active memtable if it holds anything; False if not done."""
+        if not self._write_lock.acquire(blocking):
+            return False
+        try:
+            mem = self._view.mem
+            if not (mem.num_entries or mem.range_dels):
+                return False
+            self._freeze()
+            return True
+        finally:
+            self._write_lock.release()
+
+    def _replace_view(self, mem=None, frozen=None, tables=None):
+        with self._mutex:
+            v = self._view
+            self._view = _View(v.mem if mem is None else mem,
+                               v.frozen if frozen is None else frozen,
+                               v.tables if tables is None else tables)
+            self._room_cv.notify_all()
+
+    # ---- flush and compaction -------------------------------------------
+
+    def flush(self) -> None:
+        """Write the memtables to SSTables."""
+        self._check_open()
+        self._flush_all()
+
+    def _flush_all(self):
+        self._freeze_if_nonempty()
+        self._flush_frozen()
+
+    def _flush_frozen(self):
+        while self._view.frozen:
+            self._flush_oldest_frozen()
+
+    def _flush_oldest_frozen(self):
+        with self._flush_lock:
+            if not self._view.frozen:
+                return
+            mem, boundary = self._view.frozen[-1]
+            started = time.perf_counter_ns()
+            added = []
+            reader = None
+            if mem.num_entries or mem.range_dels:
+                reader = self._write_table(lambda b: build_table(mem.new_iterator(), b, list(mem.range_dels)))
+                added.append((reader.file_number, 0, reader.file_size))
+            self._manifest.log_edit(add=added, flushed_seq=boundary, last_seq=max(boundary, self._next_seq - 1))
+            with self._mutex:
+                v = self._view
+                tables = ((reader,) if reader else ()) + v.tables
+                self._view = _View(v.mem, v.frozen[:-1], tables)
+                self._room_cv.notify_all()
+            self._flushes += 1
+            self._flush_hist.record((time.perf_counter_ns() - started) // 1000)
+            log.debug("flushed %d entries to %s", mem.num_entries,
+                      reader.path if reader else "(nothing)")
+            self._delete_obsolete_wal(boundary)
+
+    def _write_table(self, fill):
+        """Build a table under a temporary name, then make it durable and live-ready."""
+        number = self._manifest.new_file_number()
+        final = os.path.join(self._dir, table_name(number))
+        tmp = final + ".tmp"
+        builder = TableBuilder(tmp, self._config.block_size, self._config.bloom_bits_per_key)
+        try:
+            fill(builder)
+        except BaseException:
+            builder.abandon()
+            raise
+        os.rename(tmp, final)
+        fsync_dir(self._dir)
+        return TableReader(final, number, self._cache)
+
+    def _delete_obsolete_wal(self, flushed_seq):
+        if self._wal is None:
+            return
+        current = self._wal.current_number
+        dead = [s for s, top in self._segment_max_seq.items() if top <= flushed_seq and s != current]
+        if dead:
+            delete_segments(self._dir, dead)
+            for s in dead:
+                del self._segment_max_seq[s]
+
+    def trigger_compaction(self) -> bool:
+        """Merge every SSTable into one; True if a compaction ran."""
+        self._check_open()
+        return self._compact(force=True) is not None
+
+    def _compact(self, force):
+        """Full compaction of the tables; returns its counters, or None if idle."""
+        with self._flush_lock:
+            tables = self._view.tables
+            if not tables:
+                return None
+            if len(tables) == 1 and not force:
+                return None
+            if len(tables) == 1 and not self._has_garbage(tables[0]):
+                return None
+            started = time.perf_counter_ns()
+            range_dels = [rd for t in tables for rd in t.range_dels]
+            outputs = []
+
+            def new_builder():
+                number = self._manifest.new_file_number()
+                path = os.path.join(self._dir, table_name(number)) + ".tmp"
+                outputs.append((number, path))
+                return TableBuilder(path, self._config.block_size, self._config.bloom_bits_per_key)
+
+            stats = {}
+            try:
+                _read.compact(list(tables), range_dels, new_builder, _COMPACTION_TARGET_BYTES,
+                              True, _now_us(), self._visible_seq, stats)
+            except BaseException:
+                for _, path in outputs:
+                    if os.path.exists(path):
+                        os.unlink(path)
+                raise
+            produced = []
+            for number, path in outputs:
+                if os.path.exists(path):
+                    final = path[:-len(".tmp")]
+                    os.rename(path, final)
+                    produced.append((number, final))
+            fsync_dir(self._dir)
+            readers = [TableReader(final, number, self._cache) for number, final in produced]
+            self._manifest.log_edit(add=[(r.file_number, 0, r.file_size) for r in readers],
+                                    delete=[t.file_number for t in tables])
+            readers.sort(key=lambda t: t.props["max_seq"], reverse=True)
+            with self._mutex:
+                v = self._view
+                self._view = _View(v.mem, v.frozen, v.tables[:len(v.tables) - len(tables)] + tuple(readers))
+            for t in tables:
+                try:
+                    os.unlink(t.path)
+                except FileNotFoundError:
+                    pass
+            self._compactions += 1
+            self._expired_dropped += stats["dropped_expired"]
+            log.info("compacted %d tables into %d in %.1f ms", len(tables), len(readers),
+                     (time.perf_counter_ns() - started) / 1e6)
+            return stats
+
+    def _has_garbage(self, table):
+        p = table.props
+        return bool(p.get("num_deletes") or p.get("num_range_dels")
+                    or p.get("min_expire_at", INT64_MAX) <= _now_us())
+
+    def trigger_gc(self) -> int:
+        """Physically purge expired and deleted records; returns how many."""
+        self._check_open()
+        return self._gc()
+
+    def _gc(self):
+        self._gc_runs += 1
+        stats = self._compact(force=True)
+        if stats is None:
+            return 0
+        # Records purged: expired ones, ones hidden by a range delete, and one
+        # per point tombstone dropped (the record it deleted went with it).
+        purged = stats["dropped_expired"] + stats["dropped_deleted"] + stats["dropped_tombstones"]
+        self._purged += purged
+        log.info("GC purged %d records", purged)
+        return purged
+
+    def spawn_background_maintenance(self):
+        """Start the maintenance thread; None if it is already running."""
+        self._check_open()
+        if self._maintenance is not None:
+            return None
+        self._maintenance = MaintenanceHandle(self)
+        return self._maintenance
+
+    # ---- reading ---------------------------------------------------------
+
+    def _snapshot(self):
+        seq = self._visible_seq            # read before the view: see module doc
+        return self._view, seq
+
+    def get(self, key, ts):
+        """The record at exactly (key, ts), or None."""
+        self._check_open()
+        key = as_key(key)
+        ts = as_ts(ts)
+        started = time.perf_counter_ns()
+        view, seq = self._snapshot()
+        record = _read.get(view.sources, view.range_dels(), seq, _now_us(), key, ts)
+        if record is not None:
+            self._records_read += 1
+        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
+        return record
+
+    def get_sync(self, key, ts):
+        """As get, but never raises for a missing record or a read error: None."""
+        try:
+            return self.get(key, ts)
+        except InvalidStateError:
+            raise
+        except (FlowError, OSError):
+            return None
+
+    def get_latest(self, key):
+        """The live record of key with the greatest ts, or None."""
+        self._check_open()
+        key = as_key(key)
+        started = time.perf_counter_ns()
+        view, seq = self._snapshot()
+        record = _read.get_latest(view.sources, view.range_dels(), seq, _now_us(), key)
+        if record is not None:
+            self._records_read += 1
+        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
+        return record
+
+    def scan(self, range: ScanRange) -> ScanIterator:
+        return self.scan_opt(range, ReadOptions())
+
+    def scan_opt(self, range: ScanRange, opts: ReadOptions) -> ScanIterator:
+        """A lazy iterator over a snapshot of the records that `range` selects."""
+        self._check_open()
+        if not isinstance(range, ScanRange):
+            raise TypeError(f"scan takes a ScanRange or Query, not {type(range).__name__}")
+        if not isinstance(opts, ReadOptions):
+            raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
+        view, seq = self._snapshot()
+        keys = range.keys
+        cursor = _read.Cursor(view.sources, view.range_dels(), seq, _now_us(),
+                              keys.prefix_bytes, keys.start, keys.end,
+                              range.ts_start, range.ts_end,
+                              opts.fill_cache, opts.verify_checksums)
+        return ScanIterator(self, view, cursor)
+
+    def scan_prefix(self, prefix) -> ScanIterator:
+        return self.scan(ScanRange.prefix(prefix))
+
+    def scan_prefix_time_range(self, prefix, ts_start, ts_end) -> ScanIterator:
+        return self.scan(ScanRange.prefix_time_range(prefix, ts_start, ts_end))
+
+    def query(self, query: ScanRange) -> list:
+        """Every record the query selects, in (key, ts) order."""
+        started = time.perf_counter_ns()
+        records = list(self.scan(query))
+        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
+        return records
+
+    def query_by_prefix(self, prefix) -> list:
+        return self.query(ScanRange.prefix(prefix))
+
+    def query_by_key_range(self, start, end) -> list:
+        return self.query(ScanRange.key_range(start, end))
+
+    def query_time_range(self, start, end) -> list:
+        return self.query(ScanRange.time_range(start, end))
+
+    def query_prefix_time_range(self, prefix, start, end) -> list:
+        return self.query(ScanRange.prefix_time_range(prefix, start, end))
+
+    def query_key_time_range(self, start_key, end_key, start, end) -> list:
+        return self.query(ScanRange.key_time_range(start_key, end_key, start, end))
+
+    # ---- observability -----------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        self._check_open()
+        view = self._view
+        tables = view.tables
+        raw = sum(t.props.get("raw_key_bytes", 0) + t.props.get("raw_value_bytes", 0) for t in tables)
+        stored = sum(t.file_size for t in tables)
+        hits, misses = self._cache.hits, self._cache.misses
+        w, q, f = self._write_hist, self._query_hist, self._flush_hist
+        return EngineStats(
+            total_records_written=self._records_written,
+            total_bytes_written=self._bytes_written,
+            total_records_read=self._records_read,
+            total_records_expired=self._expired_dropped,
+            total_flushes=self._flushes,
+            total_gc_runs=self._gc_runs,
+            total_compaction_runs=self._compactions,
+            records_purged_by_gc=self._purged,
+            memtable_records=view.mem.num_entries,
+            memtable_bytes=view.mem.approximate_bytes,
+            frozen_memtable_count=len(view.frozen),
+            sstable_count=len(tables),
+            sstable_bytes=stored,
+            wal_bytes=self._wal.bytes_written,
+            block_meta_index_entries=sum(len(t.block_meta()) for t in tables),
+            time_index_buckets=0,
+            block_cache_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+            compression_ratio=raw / stored if stored else 0.0,
+            write_latency_p50_us=w.percentile(50), write_latency_p90_us=w.percentile(90),
+            write_latency_p99_us=w.percentile(99),
+            query_latency_p50_us=q.percentile(50), query_latency_p90_us=q.percentile(90),
+            query_latency_p99_us=q.percentile(99),
+            flush_latency_p50_us=f.percentile(50), flush_latency_p90_us=f.percentile(90),
+            flush_latency_p99_us=f.percentile(99),
+            uptime_secs=int(time.monotonic() - self._started),
+        )
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of stats(), every name prefixed flowdb_."""
+        return render_metrics(self.stats(), {"write": self._write_hist, "query": self._query_hist,
+                                             "flush": self._flush_hist})

@@ -1,0 +1,57 @@
+"""Shared fixtures for the engine tests.
+
+flowdb is imported lazily (inside fixtures) so that tests which do not need
+the engine still collect while it is being built.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Engine tests run against this backend; FLOWDB_STORAGE_BACKEND=single_file
+# reruns them all against the single-file backend (API.md: both pass the
+# same tests).
+BACKEND_ENV = "FLOWDB_STORAGE_BACKEND"
+
+
+def _default_backend():
+    from flowdb import StorageBackendKind
+
+    name = os.environ.get(BACKEND_ENV, "multi_file").upper()
+    return StorageBackendKind[name]
+
+
+@pytest.fixture
+def engine_factory(tmp_path):
+    """open_engine(path=None, **overrides) -> Engine.
+
+    Defaults: data dir tmp_path/"db", auto_background=False (flush and
+    compaction only when asked, or inline when the memtable fills),
+    SyncMode.ALWAYS, a 1 MiB memtable.  Every engine still open at teardown
+    is shut down.
+    """
+    from flowdb import Engine, SyncMode
+
+    opened = []
+
+    def open_engine(path=None, **overrides):
+        cfg = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS,
+                   memtable_size_mb=1, storage_backend=_default_backend())
+        cfg.update(overrides)
+        engine = Engine.open(str(path if path is not None else tmp_path / "db"), **cfg)
+        opened.append(engine)
+        return engine
+
+    yield open_engine
+    for engine in opened:
+        try:
+            engine.shutdown()
+        except Exception:
+            pass  # already shut down (InvalidStateError) or the test broke it
+
+
+@pytest.fixture
+def engine(engine_factory):
+    """One engine on tmp_path/"db" with the factory's defaults."""
+    return engine_factory()

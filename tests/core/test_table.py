@@ -1,0 +1,824 @@
+"""SSTables (flowdb/_core/table.pyx) against a sorted-list model, the
+documented layout, the block cache, ts-bound block skipping, and corruption:
+a damaged table gives CorruptionError or exactly the right data, never
+wrong data."""
+import bisect
+import os
+import random
+import struct
+import threading
+
+import crc32c
+import pytest
+import snappy
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from flowdb._block_cache import BlockCache
+from flowdb._core.iterator import VectorIterator
+from flowdb._core.table import (BLOCK_TRAILER_SIZE, FOOTER_SIZE, FORMAT_VERSION,
+                                TABLE_MAGIC, TableBuilder, TableReader, build_table)
+from flowdb._errors import CorruptionError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+NEVER = INT64_MAX
+PUT, DELETE, RANGE_DEL = 1, 0, 2
+
+
+# -- reference -----------------------------------------------------------------
+
+def ikey(ukey, ts=0, seq=1, kind=PUT):
+    return ukey + struct.pack(">QQ", ts + 2**63, (seq << 8) | kind)
+
+
+def parse(k):
+    ts_u, trailer = struct.unpack(">QQ", k[-16:])
+    return k[:-16], ts_u - 2**63, trailer >> 8, trailer & 0xFF
+
+
+def order(k):
+    ts_u, trailer = struct.unpack(">QQ", k[-16:])
+    return (k[:-16], ts_u, -trailer)
+
+
+def put(ukey, ts, seq, value=b"v", expire_at=NEVER):
+    return ikey(ukey, ts, seq, PUT), struct.pack("<q", expire_at) + value
+
+
+def delete(ukey, ts, seq):
+    return ikey(ukey, ts, seq, DELETE), b""
+
+
+def seek(model, t):
+    i = bisect.bisect_left([order(k) for k, _ in model], order(t))
+    return model[i] if i < len(model) else None
+
+
+def seek_for_prev(model, t):
+    i = bisect.bisect_right([order(k) for k, _ in model], order(t))
+    return model[i - 1] if i else None
+
+
+def current(it):
+    return (it.key(), it.value()) if it.valid else None
+
+
+def scan(it):
+    it.seek_to_first()
+    return list(it.entries())
+
+
+def write_table(path, entries, range_dels=(), block_size=4096, bloom_bits_per_key=10):
+    b = TableBuilder(str(path), block_size, bloom_bits_per_key)
+    return build_table(VectorIterator(entries), b, list(range_dels))
+
+
+def model_props(entries, range_dels):
+    ts = [parse(k)[1] for k, _ in entries]
+    exp = [struct.unpack_from("<q", v)[0] if parse(k)[3] == PUT else NEVER for k, v in entries]
+    seqs = [parse(k)[2] for k, _ in entries] + [s for _, _, s in set(range_dels)]
+    return {
+        "num_entries": len(entries),
+        "num_deletes": sum(parse(k)[3] == DELETE for k, _ in entries),
+        "num_range_dels": len(set(range_dels)),
+        "min_ts": min(ts, default=INT64_MAX), "max_ts": max(ts, default=INT64_MIN),
+        "min_expire_at": min(exp, default=INT64_MAX), "max_expire_at": max(exp, default=INT64_MIN),
+        "min_seq": min(seqs, default=0), "max_seq": max(seqs, default=0),
+        "smallest_key": entries[0][0] if entries else None,
+        "largest_key": entries[-1][0] if entries else None,
+        "raw_key_bytes": sum(len(k) for k, _ in entries),
+        "raw_value_bytes": sum(len(v) for _, v in entries),
+    }
+
+
+def series(n_keys, n_ts, value_size=40, seed=0):
+    """Time series: n_keys keys x n_ts timestamps, seqs in write order."""
+    rng = random.Random(seed)
+    out, seq = [], 1
+    for ts in range(n_ts):
+        for k in range(n_keys):
+            out.append(put(b"sensor:%03d" % k, ts * 10, seq, rng.randbytes(8) + b"x" * value_size))
+            seq += 1
+    out.sort(key=lambda kv: order(kv[0]))
+    return out
+
+
+entry_lists = st.lists(
+    st.tuples(st.sampled_from([b"", b"a", b"ab", b"b", b"sensor:1", b"sensor:2", b"\x00", b"\xff"]),
+              st.integers(-5, 5), st.sampled_from([PUT, PUT, DELETE]),
+              st.integers(-10, 10), st.binary(max_size=60)),
+    max_size=150)
+
+
+def build_model(raw):
+    out, seen = [], set()
+    for seq, (u, ts, kind, exp, v) in enumerate(raw, 1):
+        if (u, ts) in seen and seq % 3:
+            continue
+        seen.add((u, ts))
+        out.append(put(u, ts, seq, v, exp) if kind == PUT else delete(u, ts, seq))
+    out.sort(key=lambda kv: order(kv[0]))
+    return out
+
+
+targets = st.lists(st.tuples(st.sampled_from([b"", b"a", b"ab", b"b", b"c", b"sensor:1", b"sensor:15"]),
+                             st.integers(-6, 6), st.integers(0, 200)), max_size=15)
+
+HYP = settings(max_examples=60, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+# -- model round trips ----------------------------------------------------------------
+
+@HYP
+@given(entry_lists, targets, st.sampled_from([32, 100, 700, 8192]), st.sampled_from([0, 10]))
+def test_model_round_trip(tmp_path, raw, tgts, block_size, bits):
+    model = build_model(raw)
+    rdels = [(b"a", b"b", 3), (b"", b"\xff", 900)]
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, rdels, block_size, bits)
+    with TableReader(str(path), 1, BlockCache(1 << 20)) as r:
+        assert r.props == props
+        assert scan(r.new_iterator()) == model
+        it = r.new_iterator()
+        for u, ts, seq in tgts + [(parse(k)[0], parse(k)[1], parse(k)[2]) for k, _ in model[:10]]:
+            t = ikey(u, ts, seq)
+            it.seek(t)
+            assert current(it) == seek(model, t)
+            it.seek_for_prev(t)
+            assert current(it) == seek_for_prev(model, t)
+        for k, _ in model:
+            assert r.may_contain_key(parse(k)[0])
+
+
+def test_props_and_source_fields(tmp_path):
+    model = sorted([put(b"a", 5, 1, b"x", 100), put(b"a", -3, 2, b"yy", 50), delete(b"b", 9, 7),
+                    put(b"c", 1, 4, b"", NEVER)], key=lambda kv: order(kv[0]))
+    rdels = [(b"k", b"m", 9), (b"a", b"z", 3)]
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, rdels)
+    want = model_props(model, rdels)
+    assert {k: props[k] for k in want} == want
+    assert props["num_data_blocks"] == 1
+    assert props["file_size"] == os.path.getsize(path)
+    r = TableReader(str(path), 3, None)
+    assert r.props == props
+    assert (r.min_ts, r.max_ts) == (-3, 9)
+    assert r.file_number == 3 and r.file_size == props["file_size"] and r.path == str(path)
+    assert (props["min_expire_at"], props["max_expire_at"]) == (50, NEVER)
+    assert (props["min_seq"], props["max_seq"]) == (1, 9)
+
+
+def test_delete_expire_counts_as_never(tmp_path):
+    path = tmp_path / "t.sst"
+    props = write_table(path, [delete(b"a", 1, 1), delete(b"b", 2, 2)])
+    assert props["min_expire_at"] == props["max_expire_at"] == NEVER
+    r = TableReader(str(path), 1, None)
+    assert r.block_meta()[0][4:] == (NEVER, NEVER)
+
+
+def test_block_meta_bounds(tmp_path):
+    model = series(5, 200)
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)
+    meta = r.block_meta()
+    assert len(meta) == props["num_data_blocks"] > 10
+    # Blocks tile the data area, and their bounds cover every entry, in order.
+    pos = 0
+    for off, size, lo, hi, elo, ehi in meta:
+        assert off == pos and lo <= hi and elo <= ehi
+        pos = off + size + BLOCK_TRAILER_SIZE
+    assert pos == props["data_size"]
+    assert min(m[2] for m in meta) == props["min_ts"] and max(m[3] for m in meta) == props["max_ts"]
+    # Each entry lies in the bounds of the block it was read from.
+    it = r.new_iterator(fill_cache=False)
+    loaded = r.blocks_loaded
+    it.seek_to_first()
+    b = 0
+    while it.valid:
+        b += r.blocks_loaded - loaded
+        loaded = r.blocks_loaded
+        ts = parse(it.key())[1]
+        assert meta[b - 1][2] <= ts <= meta[b - 1][3]
+        it.next()
+
+
+def test_range_dels_round_trip(tmp_path):
+    rdels = [(b"b", b"c", 5), (b"a", b"z", 9), (b"a", b"q", 10), (b"", b"\x00", 1),
+             (b"b", b"c", 5), (b"x" * 300, b"y" * 300, 2**56 - 1)]
+    path = tmp_path / "t.sst"
+    props = write_table(path, [put(b"k", 1, 3)], rdels)
+    r = TableReader(str(path), 1, None)
+    want = sorted(set(rdels), key=lambda t: (t[0], -t[2]))
+    assert r.range_dels == want
+    assert props["num_range_dels"] == len(want)
+    assert props["max_seq"] == 2**56 - 1
+
+
+def test_range_del_entries_in_source_become_range_dels(tmp_path):
+    entries = [put(b"a", 1, 1), (ikey(b"c", INT64_MIN, 5, RANGE_DEL), b"f"), put(b"d", 1, 2)]
+    path = tmp_path / "t.sst"
+    props = write_table(path, entries)
+    r = TableReader(str(path), 1, None)
+    assert r.range_dels == [(b"c", b"f", 5)]
+    assert props["num_entries"] == 2
+    assert [parse(k)[0] for k, _ in scan(r.new_iterator())] == [b"a", b"d"]
+
+
+def test_table_with_only_range_dels(tmp_path):
+    path = tmp_path / "t.sst"
+    props = write_table(path, [], [(b"a", b"b", 4)])
+    r = TableReader(str(path), 1, BlockCache(1000))
+    assert props["num_entries"] == 0 and props["num_data_blocks"] == 0
+    assert (props["min_seq"], props["max_seq"]) == (4, 4)
+    assert props["smallest_key"] is None and props["largest_key"] is None
+    assert r.min_ts > r.max_ts
+    assert r.range_dels == [(b"a", b"b", 4)]
+    it = r.new_iterator()
+    it.seek_to_first()
+    assert not it.valid
+    it.seek(ikey(b"a"))
+    assert not it.valid
+    it.seek_for_prev(ikey(b"z"))
+    assert not it.valid
+    assert not r.may_contain_key(b"a")
+
+
+def test_empty_table(tmp_path):
+    path = tmp_path / "t.sst"
+    props = write_table(path, [])
+    assert props["num_entries"] == 0 and props["min_seq"] == props["max_seq"] == 0
+    r = TableReader(str(path), 1, None)
+    assert scan(r.new_iterator()) == []
+    assert r.range_dels == []
+
+
+def test_single_entry_table(tmp_path):
+    model = [put(b"only", 0, 1, b"v" * 10)]
+    path = tmp_path / "t.sst"
+    write_table(path, model)
+    r = TableReader(str(path), 1, None)
+    assert scan(r.new_iterator()) == model
+    it = r.new_iterator()
+    it.seek_for_prev(ikey(b"a"))
+    assert not it.valid
+    it.seek(ikey(b"z"))
+    assert not it.valid
+
+
+def test_huge_value_gets_its_own_block(tmp_path):
+    model = [put(b"a", 0, 1, b"x"), put(b"b", 0, 2, os.urandom(3 << 20)), put(b"c", 0, 3, b"y")]
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=1024)
+    r = TableReader(str(path), 1, None)
+    assert scan(r.new_iterator()) == model
+    assert props["num_data_blocks"] == 2          # cut after the big entry
+
+
+def test_bloom_disabled(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"a", 0, 1)], bloom_bits_per_key=0)
+    r = TableReader(str(path), 1, None)
+    assert r.may_contain_key(b"a") and r.may_contain_key(b"b")
+
+
+def test_bloom_counts_each_user_key_once(tmp_path):
+    # 1000 versions of one key: the filter is sized for 1 key, not 1000.
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"k", ts, ts + 1) for ts in range(1000)])
+    r = TableReader(str(path), 1, None)
+    assert r.may_contain_key(b"k")
+    assert sum(r.may_contain_key(b"k%d" % i) for i in range(1000)) < 50
+
+
+# -- layout (docs/FORMAT.md, "SSTable") --------------------------------------------
+
+def read_footer(data):
+    footer = data[-FOOTER_SIZE:]
+    handles = [struct.unpack_from("<QQ", footer, 16 * i) for i in range(4)]
+    version, crc = struct.unpack_from("<II", footer, 64)
+    return handles, version, crc, footer[72:]
+
+
+def test_footer_layout(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, series(3, 50), [(b"a", b"b", 1)], block_size=256)
+    data = path.read_bytes()
+    (index_h, bloom_h, props_h, rd_h), version, crc, magic = read_footer(data)
+    assert FOOTER_SIZE == 4 * 16 + 4 + 4 + 8 == 80
+    assert magic == TABLE_MAGIC == b"FLOWSST\x00"
+    assert version == FORMAT_VERSION == 1
+    assert crc == crc32c.crc32c(data[-FOOTER_SIZE:-12])
+    # range-del, bloom, props, index follow each other, then the footer.
+    pos = rd_h[0]
+    for off, size in (rd_h, bloom_h, props_h, index_h):
+        assert off == pos
+        pos = off + size + BLOCK_TRAILER_SIZE
+    assert pos == len(data) - FOOTER_SIZE
+
+
+def test_every_block_trailer_checksum(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, series(3, 100), [(b"a", b"b", 1)], block_size=300)
+    data = path.read_bytes()
+    r = TableReader(str(path), 1, None)
+    handles = [(m[0], m[1]) for m in r.block_meta()] + read_footer(data)[0]
+    for off, size in handles:
+        stored, typ = data[off:off + size], data[off + size]
+        (crc,) = struct.unpack_from("<I", data, off + size + 1)
+        assert typ in (0, 1)
+        assert crc == crc32c.crc32c(stored + bytes([typ]))
+
+
+def test_properties_block_is_json(tmp_path):
+    import json
+    path = tmp_path / "t.sst"
+    props = write_table(path, [put(b"a", 1, 1)])
+    data = path.read_bytes()
+    _, _, (off, size), _ = read_footer(data)[0]
+    stored, typ = data[off:off + size], data[off + size]
+    raw = snappy.decompress(stored) if typ == 1 else stored
+    obj = json.loads(raw)
+    assert obj["num_entries"] == 1
+    assert bytes.fromhex(obj["smallest_key"]) == props["smallest_key"]
+
+
+def test_compression_used_only_when_it_saves_an_eighth(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"k%04d" % i, 0, i + 1, b"a" * 100) for i in range(200)], block_size=1024)
+    data = path.read_bytes()
+    meta = TableReader(str(path), 1, None).block_meta()
+    assert all(data[off + size] == 1 for off, size, *_ in meta)
+    path2 = tmp_path / "u.sst"
+    rng = random.Random(1)
+    write_table(path2, [put(b"k%04d" % i, 0, i + 1, rng.randbytes(100)) for i in range(200)],
+                block_size=1024)
+    data = path2.read_bytes()
+    meta = TableReader(str(path2), 1, None).block_meta()
+    assert all(data[off + size] == 0 for off, size, *_ in meta)
+
+
+def test_blocks_cut_at_block_size(tmp_path):
+    path = tmp_path / "t.sst"
+    rng = random.Random(2)
+    props = write_table(path, [put(b"k%05d" % i, 0, i + 1, rng.randbytes(100)) for i in range(1000)],
+                        block_size=4096)
+    meta = TableReader(str(path), 1, None).block_meta()
+    # Raw (incompressible) blocks reach block_size and exceed it by < one entry.
+    assert all(4096 <= size < 4096 + 200 for _, size, *_ in meta[:-1])
+    assert props["num_data_blocks"] == len(meta)
+
+
+# -- builder contract -----------------------------------------------------------------
+
+def test_builder_rejects_bad_entries_and_stays_usable(tmp_path):
+    path = tmp_path / "t.sst"
+    b = TableBuilder(str(path))
+    b.add(*put(b"b", 0, 5))
+    with pytest.raises(ValueError, match="increasing"):
+        b.add(*put(b"a", 0, 6))                           # out of order
+    with pytest.raises(ValueError, match="increasing"):
+        b.add(*put(b"b", 0, 5))                           # duplicate
+    with pytest.raises(ValueError, match="PUT and DELETE"):
+        b.add(ikey(b"c", 0, 1, RANGE_DEL), b"d")
+    with pytest.raises(ValueError, match="expire_at"):
+        b.add(ikey(b"c", 0, 1, PUT), b"1234567")
+    with pytest.raises(ValueError, match="DELETE value"):
+        b.add(ikey(b"c", 0, 1, DELETE), b"x")
+    with pytest.raises(ValueError, match="16 bytes"):
+        b.add(b"short", b"")
+    b.add(*put(b"b", 0, 4))                               # older version of b: fine
+    b.add(*put(b"c", 0, 1))
+    assert b.num_entries == 3
+    props = b.finish()
+    assert props["num_entries"] == 3
+    assert [parse(k)[0] for k, _ in scan(TableReader(str(path), 1, None).new_iterator())] == [b"b", b"b", b"c"]
+
+
+def test_builder_argument_checks(tmp_path):
+    with pytest.raises(ValueError):
+        TableBuilder(str(tmp_path / "a"), 0)
+    with pytest.raises(ValueError):
+        TableBuilder(str(tmp_path / "b"), 4096, -1)
+    b = TableBuilder(str(tmp_path / "c"))
+    with pytest.raises(ValueError):
+        b.add_range_del(b"a", b"b", -1)
+    with pytest.raises(ValueError):
+        b.add_range_del(b"a", b"b", 2**56)
+    b.abandon()
+
+
+def test_finish_twice_and_add_after_finish(tmp_path):
+    b = TableBuilder(str(tmp_path / "t.sst"))
+    b.add(*put(b"a", 0, 1))
+    b.finish()
+    with pytest.raises(ValueError):
+        b.finish()
+    with pytest.raises(ValueError):
+        b.add(*put(b"b", 0, 2))
+
+
+def test_abandon_deletes_the_file(tmp_path):
+    path = tmp_path / "t.sst"
+    b = TableBuilder(str(path), 64)
+    for i in range(100):
+        b.add(*put(b"k%03d" % i, 0, i + 1))
+    assert path.exists()
+    b.abandon()
+    assert not path.exists()
+    b.abandon()                                          # idempotent
+    with pytest.raises(ValueError):
+        b.finish()
+
+
+def test_file_size_estimate(tmp_path):
+    b = TableBuilder(str(tmp_path / "t.sst"), 1024)
+    sizes = []
+    rng = random.Random(3)
+    for i in range(2000):
+        b.add(*put(b"k%05d" % i, 0, i + 1, rng.randbytes(50)))
+        sizes.append(b.file_size_estimate)
+    assert sizes[-1] > 50 * sizes[0]
+    final = b.finish()["file_size"]
+    assert abs(sizes[-1] - final) < 0.05 * final
+
+
+def test_build_table_abandons_on_source_error(tmp_path):
+    from flowdb._core.iterator import VectorSource
+    path = tmp_path / "t.sst"
+    src = VectorSource([put(b"k%02d" % i, 0, i + 1) for i in range(50)], fail_after=20)
+    with pytest.raises(CorruptionError):
+        build_table(src.new_iterator(), TableBuilder(str(path), 64), [])
+    assert not path.exists()
+
+
+def test_build_table_abandons_on_builder_error(tmp_path):
+    path = tmp_path / "t.sst"
+    bad = [(ikey(b"a", 0, 1, PUT), b"short")]            # PUT value < 8 bytes
+    with pytest.raises(ValueError):
+        build_table(VectorIterator(bad), TableBuilder(str(path)), [])
+    assert not path.exists()
+
+
+# -- block cache and ts bounds ---------------------------------------------------------
+
+def test_second_pass_is_served_by_the_cache(tmp_path):
+    model = series(4, 100)
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=512)
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 9, cache)
+    n = props["num_data_blocks"]
+    assert scan(r.new_iterator()) == model
+    assert (r.blocks_read, r.blocks_loaded) == (n, n)
+    assert scan(r.new_iterator()) == model
+    assert (r.blocks_read, r.blocks_loaded) == (n, 2 * n)
+    assert cache.hits == n and len(cache) == n
+    assert cache.get((9, 0)) is not None
+
+
+def test_fill_cache_false_does_not_fill(tmp_path):
+    model = series(4, 100)
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=512)
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 1, cache)
+    assert scan(r.new_iterator(fill_cache=False)) == model
+    assert cache.usage == 0
+    assert scan(r.new_iterator(fill_cache=False)) == model
+    assert r.blocks_read == 2 * props["num_data_blocks"]
+
+
+def test_cache_capacity_zero_reads_every_time(tmp_path):
+    model = series(2, 50)
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=256)
+    r = TableReader(str(path), 1, BlockCache(0))
+    scan(r.new_iterator())
+    scan(r.new_iterator())
+    assert r.blocks_read == 2 * props["num_data_blocks"]
+
+
+def test_iterator_holds_one_block(tmp_path):
+    model = series(4, 100)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)
+    it = r.new_iterator()
+    it.seek_to_first()
+    seen = 0
+    while it.valid:
+        assert it.blocks_held == 1
+        it.next()
+        seen += 1
+    assert seen == len(model)
+
+
+def test_reseek_in_same_block_does_not_reload(tmp_path):
+    model = series(1, 20)
+    path = tmp_path / "t.sst"
+    write_table(path, model)
+    r = TableReader(str(path), 1, None)
+    it = r.new_iterator()
+    for k, v in model:
+        it.seek(k)
+        assert current(it) == (k, v)
+    assert r.blocks_loaded == 1
+
+
+def test_ts_bounds_skip_blocks(tmp_path):
+    # One series in ts order: each block holds a disjoint ts slice.
+    model = [put(b"sensor:1", ts, ts + 1, b"x" * 50) for ts in range(3000)]
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)
+    it = r.new_iterator(ts_lo=1000, ts_hi=1100)
+    got = scan(it)
+    in_range = [kv for kv in model if 1000 <= parse(kv[0])[1] <= 1100]
+    assert set(in_range) <= set(got)
+    assert got == [kv for kv in model if kv in set(got)]                 # in order
+    assert r.blocks_loaded < props["num_data_blocks"] // 10
+    # Seeks skip too: from ts 0, the first entry is in the first overlapping block.
+    it = r.new_iterator(ts_lo=1000, ts_hi=1100)
+    it.seek(model[0][0])
+    assert parse(it.key())[1] <= 1000 <= parse(got[-1][0])[1]
+    it.seek_for_prev(model[-1][0])
+    assert current(it) == got[-1]
+    # A range that no block overlaps.
+    it = r.new_iterator(ts_lo=5000, ts_hi=6000)
+    assert scan(it) == []
+
+
+def test_ts_bounds_multi_series_yield_every_entry_in_range(tmp_path):
+    model = series(20, 200)                  # 20 keys, ts 0..1990 step 10
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=1024)
+    r = TableReader(str(path), 1, None)
+    got = scan(r.new_iterator(ts_lo=500, ts_hi=520))
+    assert [kv for kv in model if 500 <= parse(kv[0])[1] <= 520] == \
+        [kv for kv in got if 500 <= parse(kv[0])[1] <= 520]
+    assert r.blocks_loaded < props["num_data_blocks"]
+
+
+@HYP
+@given(entry_lists, st.integers(-6, 6), st.integers(-6, 6), targets)
+def test_ts_bounds_never_skip_an_overlapping_entry(tmp_path, raw, lo, hi, tgts):
+    model = build_model(raw)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=48)
+    r = TableReader(str(path), 1, None)
+    keys = [order(k) for k, _ in model]
+    wanted = lambda kv: lo <= parse(kv[0])[1] <= hi
+    got = scan(r.new_iterator(ts_lo=lo, ts_hi=hi))
+    assert got == [kv for kv in model if kv in set(got)]
+    assert [kv for kv in model if wanted(kv)] == [kv for kv in got if wanted(kv)]
+    it = r.new_iterator(ts_lo=lo, ts_hi=hi)
+    for u, ts, seq in tgts:
+        t = ikey(u, ts, seq)
+        it.seek(t)
+        i = bisect.bisect_left(keys, order(t))
+        j = keys.index(order(it.key())) if it.valid else len(model)
+        assert j >= i and not any(wanted(kv) for kv in model[i:j])
+        it.seek_for_prev(t)
+        i = bisect.bisect_right(keys, order(t))
+        j = keys.index(order(it.key())) + 1 if it.valid else 0
+        assert j <= i and not any(wanted(kv) for kv in model[j:i])
+
+
+def test_concurrent_iterators_on_one_reader(tmp_path):
+    model = series(10, 100)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, BlockCache(8 * 1024))      # small: constant eviction
+    errors = []
+
+    def worker(seed):
+        rng = random.Random(seed)
+        try:
+            for _ in range(20):
+                it = r.new_iterator(fill_cache=rng.random() < 0.7)
+                if rng.random() < 0.2:
+                    assert scan(it) == model
+                for _ in range(30):
+                    k, v = model[rng.randrange(len(model))]
+                    it.seek(k)
+                    assert current(it) == (k, v)
+                    it.seek_for_prev(k)
+                    assert current(it) == (k, v)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_closed_reader_fails_with_oserror(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, series(1, 10))
+    r = TableReader(str(path), 1, None)
+    it = r.new_iterator()
+    r.close()
+    r.close()
+    with pytest.raises(OSError):
+        it.seek_to_first()
+
+
+# -- corruption ---------------------------------------------------------------------
+
+def corruption_fixture(tmp_path):
+    rng = random.Random(5)
+    model = []
+    for i in range(60):
+        v = (b"abc" * 20) if i % 2 else rng.randbytes(30)   # both raw and snappy blocks
+        model.append(put(b"key%03d" % i, i % 7, i + 1, v, 1000 + i) if i % 9 else delete(b"key%03d" % i, 0, i + 1))
+    model.sort(key=lambda kv: order(kv[0]))
+    rdels = [(b"key010", b"key020", 500), (b"a", b"b", 501)]
+    path = tmp_path / "good.sst"
+    props = write_table(path, model, rdels, block_size=256)
+    return model, rdels, props, path.read_bytes()
+
+
+def check_never_wrong(path, model, rdels_sorted, props, verify=True):
+    """Open and read the table: every answer is right or a CorruptionError."""
+    try:
+        r = TableReader(str(path), 1, BlockCache(1 << 20))
+    except CorruptionError:
+        return "open"
+    assert r.props == props
+    assert r.range_dels == rdels_sorted
+    assert all(r.may_contain_key(parse(k)[0]) for k, _ in model)
+    outcome = "ok"
+    for _ in range(2):                                     # second pass: from the cache
+        it = r.new_iterator(verify_checksums=verify)
+        got = []
+        try:
+            it.seek_to_first()
+            while it.valid:
+                got.append(current(it))
+                it.next()
+            assert got == model
+        except CorruptionError:
+            assert got == model[:len(got)]
+            outcome = "read"
+    for k, v in model[::5]:
+        for op, want in (("seek", (k, v)), ("seek_for_prev", (k, v))):
+            it = r.new_iterator(verify_checksums=verify)
+            try:
+                getattr(it, op)(k)
+                assert current(it) == want
+            except CorruptionError:
+                outcome = "read"
+    return outcome
+
+
+@pytest.mark.parametrize("mask", [0x01, pytest.param(0xFF, marks=pytest.mark.slow)])
+def test_flip_any_byte_gives_right_data_or_corruption_error(tmp_path, mask):
+    model, rdels, props, good = corruption_fixture(tmp_path)
+    rd_sorted = sorted(rdels, key=lambda t: (t[0], -t[2]))
+    path = tmp_path / "bad.sst"
+    outcomes = {}
+    for off in range(len(good)):
+        bad = bytearray(good)
+        bad[off] ^= mask
+        path.write_bytes(bad)
+        outcomes[off] = check_never_wrong(path, model, rd_sorted, props)
+    # Every flip is detected, somewhere: nothing in the file is unprotected.
+    assert "ok" not in outcomes.values(), [o for o, v in outcomes.items() if v == "ok"][:10]
+    # Flips in data blocks surface on read; flips in meta blocks/footer at open.
+    data_size = props["data_size"]
+    assert all(v == "read" for o, v in outcomes.items() if o < data_size)
+    assert all(v == "open" for o, v in outcomes.items() if o >= data_size)
+
+
+def test_flip_without_checksums_never_crashes(tmp_path):
+    model, rdels, props, good = corruption_fixture(tmp_path)
+    path = tmp_path / "bad.sst"
+    for off in range(0, props["data_size"]):
+        bad = bytearray(good)
+        bad[off] ^= 0x5A
+        path.write_bytes(bad)
+        r = TableReader(str(path), 1, BlockCache(1 << 20))
+        try:
+            scan(r.new_iterator(verify_checksums=False))
+        except CorruptionError:
+            pass
+        assert r.block_cache.usage == 0               # unverified blocks are never cached
+
+
+def test_verify_checksums_detects_damage_that_still_decodes(tmp_path):
+    # A flipped value byte in a raw block decodes fine: only the crc sees it.
+    rng = random.Random(9)
+    model = [put(b"k%02d" % i, 0, i + 1, rng.randbytes(300)) for i in range(10)]
+    path = tmp_path / "t.sst"
+    write_table(path, model)
+    data = bytearray(path.read_bytes())
+    off = data.index(model[3][1])
+    data[off + 20] ^= 1
+    path.write_bytes(data)
+    r = TableReader(str(path), 1, BlockCache(1 << 20))
+    with pytest.raises(CorruptionError) as e:
+        scan(r.new_iterator())
+    assert "checksum" in str(e.value) and e.value.path == str(path) and e.value.offset == 0
+    got = scan(r.new_iterator(verify_checksums=False))
+    assert got != model and len(got) == len(model)
+    assert r.block_cache.usage == 0
+
+
+def test_corrupt_block_error_names_path_and_offset(tmp_path):
+    model, rdels, props, good = corruption_fixture(tmp_path)
+    path = tmp_path / "bad.sst"
+    meta_path = tmp_path / "good.sst"
+    meta = TableReader(str(meta_path), 1, None).block_meta()
+    off, size = meta[2][:2]
+    bad = bytearray(good)
+    bad[off + 1] ^= 0xFF
+    path.write_bytes(bad)
+    r = TableReader(str(path), 1, None)
+    with pytest.raises(CorruptionError) as e:
+        scan(r.new_iterator())
+    assert e.value.path == str(path) and e.value.offset == off
+    assert str(path) in str(e.value) and f"offset {off}" in str(e.value)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, series(3, 50), block_size=256)
+    good = path.read_bytes()
+    for n in sorted({0, 1, FOOTER_SIZE - 1, FOOTER_SIZE, FOOTER_SIZE + 1, len(good) // 2,
+                     len(good) - FOOTER_SIZE, len(good) - 1}):
+        path.write_bytes(good[:n])
+        with pytest.raises(CorruptionError):
+            TableReader(str(path), 1, None)
+
+
+def test_zero_length_file(tmp_path):
+    path = tmp_path / "t.sst"
+    path.write_bytes(b"")
+    with pytest.raises(CorruptionError, match="shorter than"):
+        TableReader(str(path), 1, None)
+
+
+def test_wrong_magic(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"a", 0, 1)])
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"LEVELDB!"
+    path.write_bytes(data)
+    with pytest.raises(CorruptionError, match="magic") as e:
+        TableReader(str(path), 1, None)
+    assert e.value.offset == len(data) - 8
+
+
+def test_future_format_version(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"a", 0, 1)])
+    data = bytearray(path.read_bytes())
+    fstart = len(data) - FOOTER_SIZE
+    struct.pack_into("<I", data, fstart + 64, 2)
+    struct.pack_into("<I", data, fstart + 68, crc32c.crc32c(bytes(data[fstart:fstart + 68])))
+    path.write_bytes(data)
+    with pytest.raises(CorruptionError, match="version 2"):
+        TableReader(str(path), 1, None)
+
+
+def test_footer_checksum_mismatch(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"a", 0, 1)])
+    data = bytearray(path.read_bytes())
+    data[len(data) - FOOTER_SIZE] ^= 1                  # index offset
+    path.write_bytes(data)
+    with pytest.raises(CorruptionError, match="footer checksum"):
+        TableReader(str(path), 1, None)
+
+
+def test_bad_handles_with_valid_crc(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, [put(b"a", 0, 1)])
+    data = bytearray(path.read_bytes())
+    fstart = len(data) - FOOTER_SIZE
+    struct.pack_into("<Q", data, fstart + 8, 10**12)    # index size past the file
+    struct.pack_into("<I", data, fstart + 68, crc32c.crc32c(bytes(data[fstart:fstart + 68])))
+    path.write_bytes(data)
+    with pytest.raises(CorruptionError, match="tile"):
+        TableReader(str(path), 1, None)
+
+
+def test_missing_file_is_corruption(tmp_path):
+    with pytest.raises(CorruptionError, match="missing") as e:
+        TableReader(str(tmp_path / "nope.sst"), 1, None)
+    assert e.value.path == str(tmp_path / "nope.sst")
+
+
+def test_doc_states_the_code_constants():
+    # docs/format_sstable.md until it is merged into docs/FORMAT.md.
+    docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs")
+    text = "".join(open(os.path.join(docs, f)).read() for f in ("FORMAT.md", "format_sstable.md")
+                   if os.path.exists(os.path.join(docs, f)))
+    assert "FOOTER_SIZE = 4*16 + 4 + 4 + 8 = 80" in text.replace(" * ", "*")
+    assert 'FLOWSST\\x00' in text
+    assert "format_version:u32le = 1" in text
+    assert "0xbc9f1d34" in text

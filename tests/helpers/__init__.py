@@ -1,0 +1,1 @@
+"""Support code for the engine tests: shared helpers and child-process scripts."""
