@@ -25,7 +25,7 @@ import os
 import threading
 import time
 
-from flowdb._block_cache import BlockCache
+from flowdb._core.block_cache import BlockCache
 from flowdb._config import Config, ReadOptions, StorageBackendKind
 from flowdb._core import batch as _batch
 from flowdb._core import read as _read
@@ -48,8 +48,14 @@ _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _COMPACTION_TARGET_BYTES = 64 * _MIB  # output tables are cut at this size
 
 
+_perf_ns = time.perf_counter_ns
+_time_ns = time.time_ns
+_read_get = _read.get
+_read_get_latest = _read.get_latest
+
+
 def _now_us() -> int:
-    return time.time_ns() // 1000
+    return _time_ns() // 1000
 
 
 class _View:
@@ -188,6 +194,43 @@ class ScanIterator:
         record = self._buffer[self._pos]
         self._pos += 1
         return record
+
+
+class Snapshot:
+    """Reads at one sequence number over one View: see Engine.snapshot()."""
+
+    __slots__ = ("_engine", "_view", "_seq")
+
+    def __init__(self, engine, view, seq):
+        self._engine = engine
+        self._view = view
+        self._seq = seq
+
+    def _live_view(self):
+        if self._view is None:
+            raise InvalidStateError("the snapshot has been released")
+        self._engine._check_open()
+        return self._view
+
+    def get(self, key, ts):
+        view = self._live_view()
+        return _read_get(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key), as_ts(ts))
+
+    def get_latest(self, key):
+        view = self._live_view()
+        return _read_get_latest(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key))
+
+    def scan(self, range: ScanRange, opts: ReadOptions = ReadOptions()) -> ScanIterator:
+        return self._engine._scan_at(self._live_view(), self._seq, range, opts)
+
+    def close(self):
+        self._view = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Engine:
@@ -412,6 +455,29 @@ class Engine:
         payload, count = _batch.encode_range_delete(start, end)
         self._commit(payload, count, 0, self._sync_always)
 
+    def _write_mixed(self, records, deletes, sync=None) -> None:
+        """One atomic batch of puts (expiry kept as given) and point deletes.
+
+        For layers built on the engine (JsonDB commits a transaction's
+        documents, index entries and key generators with one call).
+        """
+        self._check_open()
+        puts, n_puts, raw = _batch.encode_puts(records, None, False)
+        dels, n_dels = _batch.encode_deletes(deletes)
+        payload = _batch.concat_payloads(puts, dels)
+        self._commit(payload, n_puts + n_dels, raw, self._sync_always if sync is None else sync)
+
+    def snapshot(self) -> "Snapshot":
+        """A consistent read-only view of the store as it is now.
+
+        Reads through it never see later writes; it pins the memtables and
+        tables it reads (deleted files stay readable through open handles),
+        so release it (close(), or a with block) when done.
+        """
+        self._check_open()
+        view, seq = self._snapshot()
+        return Snapshot(self, view, seq)
+
     def patch_record(self, key, ts, new_value=None, new_ttl_secs=None) -> Record:
         """Replace the value and/or expiry of a live record, serialised by a lock."""
         self._check_open()
@@ -531,6 +597,12 @@ class Engine:
         if view.mem.num_entries == 0 and not view.mem.range_dels:
             return
         self._replace_view(mem=MemTable(), frozen=((view.mem, self._next_seq - 1),) + view.frozen)
+        if self._wal is not None:
+            try:
+                self._wal.rotate()
+            except Exception as exc:
+                self._fail_writes(exc)
+                raise self._write_error from exc
         if self._maintenance is not None:
             self._maintenance_wakeup.set()
 
@@ -667,6 +739,7 @@ class Engine:
                 v = self._view
                 self._view = _View(v.mem, v.frozen, v.tables[:len(v.tables) - len(tables)] + tuple(readers))
             for t in tables:
+                self._cache.erase_file(t.file_number)
                 try:
                     os.unlink(t.path)
                 except FileNotFoundError:
@@ -710,20 +783,22 @@ class Engine:
     # ---- reading ---------------------------------------------------------
 
     def _snapshot(self):
-        seq = self._visible_seq            # read before the view: see module doc
+        seq = self._visible_seq            # read before the view: see the module doc
         return self._view, seq
 
     def get(self, key, ts):
         """The record at exactly (key, ts), or None."""
-        self._check_open()
+        if self._closed or self._background_error is not None:
+            self._check_open()
         key = as_key(key)
         ts = as_ts(ts)
-        started = time.perf_counter_ns()
-        view, seq = self._snapshot()
-        record = _read.get(view.sources, view.range_dels(), seq, _now_us(), key, ts)
+        started = _perf_ns()
+        seq = self._visible_seq            # before the view: see the module doc
+        view = self._view
+        record = _read_get(view.sources, view.range_dels(), seq, _time_ns() // 1000, key, ts)
         if record is not None:
             self._records_read += 1
-        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
+        self._query_hist.record((_perf_ns() - started) // 1000)
         return record
 
     def get_sync(self, key, ts):
@@ -737,14 +812,16 @@ class Engine:
 
     def get_latest(self, key):
         """The live record of key with the greatest ts, or None."""
-        self._check_open()
+        if self._closed or self._background_error is not None:
+            self._check_open()
         key = as_key(key)
-        started = time.perf_counter_ns()
-        view, seq = self._snapshot()
-        record = _read.get_latest(view.sources, view.range_dels(), seq, _now_us(), key)
+        started = _perf_ns()
+        seq = self._visible_seq
+        view = self._view
+        record = _read_get_latest(view.sources, view.range_dels(), seq, _time_ns() // 1000, key)
         if record is not None:
             self._records_read += 1
-        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
+        self._query_hist.record((_perf_ns() - started) // 1000)
         return record
 
     def scan(self, range: ScanRange) -> ScanIterator:
@@ -753,11 +830,14 @@ class Engine:
     def scan_opt(self, range: ScanRange, opts: ReadOptions) -> ScanIterator:
         """A lazy iterator over a snapshot of the records that `range` selects."""
         self._check_open()
+        view, seq = self._snapshot()
+        return self._scan_at(view, seq, range, opts)
+
+    def _scan_at(self, view, seq, range, opts):
         if not isinstance(range, ScanRange):
             raise TypeError(f"scan takes a ScanRange or Query, not {type(range).__name__}")
         if not isinstance(opts, ReadOptions):
             raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
-        view, seq = self._snapshot()
         keys = range.keys
         cursor = _read.Cursor(view.sources, view.range_dels(), seq, _now_us(),
                               keys.prefix_bytes, keys.start, keys.end,

@@ -47,62 +47,40 @@ class KeyFilter:
 
 @dataclass(frozen=True)
 class ScanRange:
-    """A key filter plus an inclusive [ts_start, ts_end] time range."""
+    """A key filter plus an inclusive [ts_start, ts_end] time range.
+
+    The constructors are classmethods, so Query (the eager twin) builds
+    Query objects from the same code.
+    """
 
     keys: KeyFilter
     ts_start: int = INT64_MIN
     ts_end: int = INT64_MAX
 
-    @staticmethod
-    def all() -> "ScanRange":
-        return ScanRange(KeyFilter.all())
+    @classmethod
+    def all(cls):
+        return cls(KeyFilter.all())
 
-    @staticmethod
-    def prefix(p) -> "ScanRange":
-        return ScanRange(KeyFilter.prefix(p))
+    @classmethod
+    def prefix(cls, p):
+        return cls(KeyFilter.prefix(p))
 
-    @staticmethod
-    def key_range(start, end) -> "ScanRange":
-        return ScanRange(KeyFilter.range(start, end))
+    @classmethod
+    def key_range(cls, start, end):
+        return cls(KeyFilter.range(start, end))
 
-    @staticmethod
-    def time_range(start, end) -> "ScanRange":
-        return ScanRange(KeyFilter.all(), as_ts(start, "start"), as_ts(end, "end"))
+    @classmethod
+    def time_range(cls, start, end):
+        return cls(KeyFilter.all(), as_ts(start, "start"), as_ts(end, "end"))
 
-    @staticmethod
-    def prefix_time_range(p, start, end) -> "ScanRange":
-        return ScanRange(KeyFilter.prefix(p), as_ts(start, "start"), as_ts(end, "end"))
+    @classmethod
+    def prefix_time_range(cls, p, start, end):
+        return cls(KeyFilter.prefix(p), as_ts(start, "start"), as_ts(end, "end"))
 
-    @staticmethod
-    def key_time_range(start_key, end_key, start, end) -> "ScanRange":
-        return ScanRange(KeyFilter.range(start_key, end_key),
-                         as_ts(start, "start"), as_ts(end, "end"))
+    @classmethod
+    def key_time_range(cls, start_key, end_key, start, end):
+        return cls(KeyFilter.range(start_key, end_key), as_ts(start, "start"), as_ts(end, "end"))
 
 
 class Query(ScanRange):
     """The eager twin of ScanRange: Engine.query(q) returns a list."""
-
-    @staticmethod
-    def all() -> "Query":
-        return Query(KeyFilter.all())
-
-    @staticmethod
-    def prefix(p) -> "Query":
-        return Query(KeyFilter.prefix(p))
-
-    @staticmethod
-    def key_range(start, end) -> "Query":
-        return Query(KeyFilter.range(start, end))
-
-    @staticmethod
-    def time_range(start, end) -> "Query":
-        return Query(KeyFilter.all(), as_ts(start, "start"), as_ts(end, "end"))
-
-    @staticmethod
-    def prefix_time_range(p, start, end) -> "Query":
-        return Query(KeyFilter.prefix(p), as_ts(start, "start"), as_ts(end, "end"))
-
-    @staticmethod
-    def key_time_range(start_key, end_key, start, end) -> "Query":
-        return Query(KeyFilter.range(start_key, end_key),
-                     as_ts(start, "start"), as_ts(end, "end"))

@@ -258,6 +258,17 @@ class WalWriter:
                 self._rotate()
             return len(buf)
 
+    def rotate(self) -> None:
+        """Close the current segment (fsynced) and start the next, unless it is empty.
+
+        The engine rotates when it freezes a memtable, so that a segment holds
+        one memtable's entries and can be deleted once that memtable is flushed.
+        """
+        with self._append_lock:
+            self._check_usable()
+            if self._size > WAL_HEADER_SIZE:
+                self._rotate()
+
     def sync(self) -> None:
         """fdatasync the current segment (see the module docstring for what it covers)."""
         with self._swap_lock:

@@ -173,4 +173,17 @@ struct fdb_iter {
     int (*next)(fdb_iter *it);
 };
 
+/* Sets up an iterator's protocol struct: invalid, status OK, and its calls
+ * (seek_for_prev may be NULL). */
+static inline void fdb_iter_init(fdb_iter *it,
+                                 int (*seek_to_first)(fdb_iter *),
+                                 int (*seek)(fdb_iter *, const uint8_t *, size_t),
+                                 int (*seek_for_prev)(fdb_iter *, const uint8_t *, size_t),
+                                 int (*next)(fdb_iter *)) {
+    it->key = NULL; it->key_len = 0; it->value = NULL; it->value_len = 0;
+    it->valid = 0; it->status = FDB_OK;
+    it->seek_to_first = seek_to_first; it->seek = seek;
+    it->seek_for_prev = seek_for_prev; it->next = next;
+}
+
 #endif /* FLOWDB_H */

@@ -193,6 +193,30 @@ def encode_range_delete(start, end):
     return out, 1
 
 
+def concat_payloads(*payloads):
+    """One payload holding the entries of several, in order (counts summed).
+
+    The parts must be well formed (made by the encoders above); only their
+    count fields are read.
+    """
+    cdef Py_ssize_t total = HEADER, count = 0
+    cdef bytes part
+    for part in payloads:
+        if PyBytes_GET_SIZE(part) < HEADER:
+            raise ValueError("a batch payload is at least its 4-byte count")
+        total += PyBytes_GET_SIZE(part) - HEADER
+        count += fdb_get_u32le(<const uint8_t *>PyBytes_AS_STRING(part))
+    _check_count(count)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    fdb_put_u32le(p, <uint32_t>count)
+    p += HEADER
+    for part in payloads:
+        memcpy(p, PyBytes_AS_STRING(part) + HEADER, PyBytes_GET_SIZE(part) - HEADER)
+        p += PyBytes_GET_SIZE(part) - HEADER
+    return out
+
+
 # -- reader ------------------------------------------------------------------
 
 cdef inline int _fail(BatchReader *r, const char *msg, const uint8_t *at) noexcept nogil:

@@ -17,8 +17,18 @@ GIL.  Neither is thread-safe; a block's bytes are immutable once built, and
 any number of CBlockIters may read the same bytes at once.
 """
 from libc.stdint cimport uint8_t, uint32_t
-from flowdb._core.cdefs cimport fdb_iter
+from flowdb._core.cdefs cimport fdb_iter, FDB_OK
 from flowdb._core.iterator cimport Iterator
+
+cdef extern from *:
+    """
+    #ifndef FDB_PREFETCH_DEFINED
+    #define FDB_PREFETCH_DEFINED
+    /* A hint that *p will be read soon (no fault, no effect on results). */
+    #define fdb_prefetch(p) __builtin_prefetch((const void *)(p), 0, 3)
+    #endif
+    """
+    void fdb_prefetch(const void *p) noexcept nogil
 
 cdef enum:
     # Entries between restart points (part of the format only through the
@@ -84,8 +94,33 @@ cdef struct CBlockIter:
 # protocol's function pointers; call once before anything else.
 cdef void block_iter_init(CBlockIter *it) noexcept nogil
 # Points the iterator at a block (invalid until positioned) after checking the
-# restart array.  FDB_OK or FDB_ERR_CORRUPTION (then status is set too).
+# restart array.  FDB_OK or FDB_ERR_CORRUPTION (then status is set too).  On
+# FDB_OK, it.data_end and it.num_restarts hold what the check found: a caller
+# that keeps the same (immutable) bytes may hand them to
+# block_iter_reset_trusted later instead of checking again.
 cdef int block_iter_reset(CBlockIter *it, const uint8_t *data, size_t size) noexcept nogil
+
+
+# Points the iterator at a block whose restart array block_iter_reset already
+# accepted: data_end and num_restarts must be the values it found for these
+# very bytes (e.g. kept beside a cached block).  No check, no read of the
+# block.  Every entry is still bounds-checked as it is decoded; what is
+# skipped is only the O(num_restarts) walk over the restart array, whose
+# invariants (restart[0] = 0, strictly increasing, < data_end, and
+# data_end + 4 * num_restarts + 4 == size) the decoders rely on.
+# It prefetches the restart array, which a seek reads first: a block from the
+# cache is often cold in the CPU caches.
+cdef inline void block_iter_reset_trusted(CBlockIter *it, const uint8_t *data, size_t size,
+                                          size_t data_end, uint32_t num_restarts) noexcept nogil:
+    fdb_prefetch(data + data_end)
+    it.base.valid = 0
+    it.base.status = FDB_OK
+    it.err_msg = NULL
+    it.data = data
+    it.size = size
+    it.data_end = data_end
+    it.num_restarts = num_restarts
+    it.klen = 0
 # The last entry of the block.
 cdef int block_iter_seek_to_last(CBlockIter *it) noexcept nogil
 # The entry before the current one (invalid before the first).

@@ -11,6 +11,10 @@
 The reader distrusts every byte: each varint, length and restart offset is
 checked against the block bounds before use, so a malformed block gives
 FDB_ERR_CORRUPTION (with the offset of the bad byte), never a read outside it.
+The one shortcut is block_iter_reset_trusted (block.pxd): for bytes whose
+restart array block_iter_reset already accepted (a block in the block cache),
+it takes that result instead of walking the array again; the entries are
+still checked as they are decoded.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
@@ -144,6 +148,13 @@ cdef void block_builder_free(CBlockBuilder *b) noexcept nogil:
 
 # -- iterator ------------------------------------------------------------------
 
+cdef enum:
+    # Bytes of a restart region _blk_seek prefetches before scanning it.
+    _SCAN_PREFETCH = 2048
+    # Blocks with at most this many restarts + 1 get every restart entry
+    # prefetched before the binary search.
+    _PREFETCH_ALL_RESTARTS = 16
+
 cdef inline size_t _restart(const CBlockIter *it, uint32_t i) noexcept nogil:
     return fdb_get_u32le(it.data + it.data_end + 4 * <size_t>i)
 
@@ -262,26 +273,54 @@ cdef int _blk_seek_to_first(fdb_iter *base) noexcept nogil:
     return _seek_restart(it, 0)
 
 
+cdef inline void _prefetch_restart(const CBlockIter *it, uint32_t lo, uint32_t hi) noexcept nogil:
+    """Prefetches the entry of the restart point a binary search over
+    [lo, hi] probes first (nothing if the range is empty)."""
+    if lo < hi:
+        fdb_prefetch(it.data + _restart(it, lo + (hi - lo + 1) // 2))
+
+
 cdef int _blk_seek(fdb_iter *base, const uint8_t *target, size_t tn) noexcept nogil:
     cdef CBlockIter *it = <CBlockIter *>base
     cdef uint32_t lo, hi, mid
     cdef const uint8_t *k
-    cdef size_t kn
+    cdef size_t kn, start, end
     if base.status != FDB_OK:
         return base.status
     if it.num_restarts == 0:
         return _invalid(it)
     # Last restart point whose key is < target: the answer is at or after it.
+    # A block read from the block cache is usually not in the CPU caches, and
+    # each probe's address depends on the previous comparison, so the misses
+    # would come one after the other.  Prefetching overlaps them: every
+    # restart entry up front when there are few, else the entries of both
+    # possible next probes at each step.
     lo = 0
     hi = it.num_restarts - 1
+    if hi <= _PREFETCH_ALL_RESTARTS:
+        for mid in range(1, hi + 1):
+            fdb_prefetch(it.data + _restart(it, mid))
     while lo < hi:
         mid = lo + (hi - lo + 1) // 2
+        if hi > _PREFETCH_ALL_RESTARTS:
+            _prefetch_restart(it, mid, hi)
+            _prefetch_restart(it, lo, mid - 1)
         if _restart_key(it, mid, &k, &kn) != FDB_OK:
             return base.status
         if fdb_ikey_cmp(k, kn, target, tn) < 0:
             lo = mid
         else:
             hi = mid - 1
+    # The linear scan reads the entries of restart region lo one after the
+    # other, each address known only once the previous entry is decoded:
+    # prefetch the region (up to _SCAN_PREFETCH bytes) so the misses overlap.
+    start = _restart(it, lo)
+    end = _restart(it, lo + 1) if lo + 1 < it.num_restarts else it.data_end
+    if end > start + _SCAN_PREFETCH:
+        end = start + _SCAN_PREFETCH
+    while start < end:
+        fdb_prefetch(it.data + start)
+        start += 64
     if _seek_restart(it, lo) != FDB_OK:
         return base.status
     while base.valid and fdb_ikey_cmp(it.keybuf, it.klen, target, tn) < 0:

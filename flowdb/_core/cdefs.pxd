@@ -55,3 +55,9 @@ cdef extern from "flowdb.h" nogil:
         int (*seek)(fdb_iter *it, const uint8_t *target, size_t target_len) noexcept nogil
         int (*seek_for_prev)(fdb_iter *it, const uint8_t *target, size_t target_len) noexcept nogil
         int (*next)(fdb_iter *it) noexcept nogil
+
+    void fdb_iter_init(fdb_iter *it,
+                       int (*seek_to_first)(fdb_iter *) noexcept nogil,
+                       int (*seek)(fdb_iter *, const uint8_t *, size_t) noexcept nogil,
+                       int (*seek_for_prev)(fdb_iter *, const uint8_t *, size_t) noexcept nogil,
+                       int (*next)(fdb_iter *) noexcept nogil)

@@ -3,7 +3,7 @@
 VectorIterator: a reference implementation over a sorted list, used by tests
 and by anything that needs to feed a handful of entries into a merge."""
 from libc.stdint cimport uint8_t, INT64_MIN, INT64_MAX
-from flowdb._core.cdefs cimport (fdb_iter, fdb_ikey_cmp, FDB_OK,
+from flowdb._core.cdefs cimport (fdb_iter, fdb_iter_init, fdb_ikey_cmp, FDB_OK,
                                  FDB_ERR_CORRUPTION, FDB_TRAILER_SIZE)
 from flowdb._errors import CorruptionError
 
@@ -98,12 +98,7 @@ cdef class VectorIterator(Iterator):
         self.st.owner = <void *>self
         self.st.n = len(pairs)
         self.st.pos = self.st.n
-        self.st.base.valid = 0
-        self.st.base.status = FDB_OK
-        self.st.base.seek_to_first = _vec_seek_to_first
-        self.st.base.seek = _vec_seek
-        self.st.base.seek_for_prev = _vec_seek_for_prev
-        self.st.base.next = _vec_next
+        fdb_iter_init(&self.st.base, _vec_seek_to_first, _vec_seek, _vec_seek_for_prev, _vec_next)
         self.it = &self.st.base
 
 
@@ -251,10 +246,8 @@ cdef class _FailingVectorIterator(VectorIterator):
 
     def __cinit__(self, entries=()):
         self.moves_left = -1
-        self.st.base.seek_to_first = _fvec_seek_to_first
-        self.st.base.seek = _fvec_seek
-        self.st.base.seek_for_prev = _fvec_seek_for_prev
-        self.st.base.next = _fvec_next
+        fdb_iter_init(&self.st.base, _fvec_seek_to_first, _fvec_seek, _fvec_seek_for_prev,
+                      _fvec_next)
 
 
 cdef int _fvec_tick(fdb_iter *it) noexcept nogil:

@@ -23,7 +23,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
 from flowdb._core.cdefs cimport (
-    fdb_iter, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
+    fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
     FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
     FDB_MAX_SEQ, FDB_TRAILER_SIZE)
 from flowdb._core.iterator cimport Iterator, Source
@@ -441,10 +441,5 @@ cdef class MemTableIterator(Iterator):
         self.mem = mem
         self.st.list = mem.list
         self.st.node = NULL
-        self.st.base.valid = 0
-        self.st.base.status = FDB_OK
-        self.st.base.seek_to_first = _mt_seek_to_first
-        self.st.base.seek = _mt_seek
-        self.st.base.seek_for_prev = _mt_seek_for_prev
-        self.st.base.next = _mt_next
+        fdb_iter_init(&self.st.base, _mt_seek_to_first, _mt_seek, _mt_seek_for_prev, _mt_next)
         self.it = &self.st.base

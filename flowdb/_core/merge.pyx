@@ -13,7 +13,7 @@ check() raises that child's own exception.
 """
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t
-from flowdb._core.cdefs cimport fdb_iter, fdb_ikey_cmp, FDB_OK, FDB_ERR_NOMEM
+from flowdb._core.cdefs cimport fdb_iter, fdb_iter_init, fdb_ikey_cmp, FDB_OK, FDB_ERR_NOMEM
 from flowdb._core.iterator cimport Iterator
 from flowdb._errors import CorruptionError
 
@@ -163,16 +163,7 @@ cdef class MergingIterator(Iterator):
         for i in range(self.st.n):
             child = <Iterator>self.children[i]
             self.st.children[i] = child.it
-        self.st.base.key = NULL
-        self.st.base.key_len = 0
-        self.st.base.value = NULL
-        self.st.base.value_len = 0
-        self.st.base.valid = 0
-        self.st.base.status = FDB_OK
-        self.st.base.seek_to_first = _merge_seek_to_first
-        self.st.base.seek = _merge_seek
-        self.st.base.seek_for_prev = NULL
-        self.st.base.next = _merge_next
+        fdb_iter_init(&self.st.base, _merge_seek_to_first, _merge_seek, NULL, _merge_next)
         self.it = &self.st.base
 
     def __dealloc__(self):

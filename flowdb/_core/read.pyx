@@ -329,10 +329,17 @@ def get_latest(list sources not None, range_dels, unsigned long long snapshot,
     its = [None] * n
     cand = [0] * n
     has = [0] * n
+    # Look sources up by descending max_ts: once the best candidate is above
+    # every remaining source's max_ts, none of them can beat it (time-series
+    # tables split by time, so this is usually one lookup).  Ties resolve in
+    # recency order below.
+    order = sorted(range(n), key=lambda j: -(<Source>srcs[j]).max_ts)
     while True:
         has_best = False
-        for i in range(n):
+        for i in order:
             src = <Source>srcs[i]
+            if has_best and src.max_ts < best:
+                break
             if has[i] == 1 and cand[i] > T:
                 has[i] = 0
             if has[i] == 0:

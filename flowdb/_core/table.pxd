@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint64_t, int64_t
 from flowdb._core.iterator cimport Source, Iterator
 from flowdb._core.block cimport CBlockBuilder
 from flowdb._core.bloom cimport CBloomBuilder
+from flowdb._core.block_cache cimport BlockCache
 
 
 # One data block as the index describes it (decoded once when a table opens).
@@ -92,7 +93,8 @@ cdef class TableReader(Source):
     # (from the cache or the file).
     cdef readonly unsigned long long blocks_read
     cdef readonly unsigned long long blocks_loaded
-    cdef readonly object block_cache  # a BlockCache or None
+    cdef readonly BlockCache block_cache  # or None
+    cdef uint64_t cache_file          # file_number as the cache key's first half
     cdef int fd                       # -1 once closed
     cdef bytes bloom                  # filter bytes; b"" means none
     cdef const uint8_t *bloom_ptr     # into bloom, for may_contain without the GIL
@@ -103,7 +105,8 @@ cdef class TableReader(Source):
     cdef uint64_t data_end            # end of the last data block's trailer
 
     cdef bytes _read_block(self, uint64_t offset, uint64_t size, bint verify, str what)
-    cdef bytes _data_block(self, size_t i, bint fill_cache, bint verify)
+    # Data block i read from the file (not the cache), checked and decompressed.
+    cdef bytes _fetch_block(self, size_t i, bint verify)
     cdef _load_index(self, bytes block, uint64_t offset)
     cdef _load_range_dels(self, bytes block, uint64_t offset)
     cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,

@@ -48,7 +48,9 @@ from flowdb._core.block cimport (
     CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
     block_builder_init, block_builder_add, block_builder_estimate,
     block_builder_finish, block_builder_reset, block_builder_free,
-    block_iter_init, block_iter_reset, block_iter_seek_to_last, block_iter_free)
+    block_iter_init, block_iter_reset, block_iter_reset_trusted, block_iter_seek_to_last,
+    block_iter_free)
+from flowdb._core.block_cache cimport BlockCache, BlockMeta
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -507,6 +509,8 @@ cdef class TableReader(Source):
         self.path = os.fspath(path)
         self.file_number = file_number
         self.block_cache = block_cache
+        if block_cache is not None:
+            self.cache_file = file_number
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -648,24 +652,12 @@ cdef class TableReader(Source):
                 raise self._corrupt(f"{what} does not decompress", offset) from None
         raise self._corrupt(f"{what} has unknown compression type {typ}", offset)
 
-    cdef bytes _data_block(self, size_t i, bint fill_cache, bint verify):
-        """Data block i, from the cache or the file.  Only checksum-verified
-        blocks are ever cached, so a cached block is trusted."""
+    cdef bytes _fetch_block(self, size_t i, bint verify):
+        """Data block i from the file.  (TableIterator._load looks in the
+        cache first, and fills it.)"""
         cdef IndexEntry *e = &self.index[i]
-        cache = self.block_cache
-        key = None
-        if cache is not None:
-            key = (self.file_number, e.offset)
-            data = cache.get(key)
-            if data is not None:
-                self.blocks_loaded += 1
-                return data
         self.blocks_read += 1
-        data = self._read_block(e.offset, e.size, verify, "data block")
-        if fill_cache and verify and cache is not None:
-            cache.put(key, data)
-        self.blocks_loaded += 1
-        return data
+        return self._read_block(e.offset, e.size, verify, "data block")
 
     cdef _load_index(self, bytes block, uint64_t offset):
         cdef CBlockIter it
@@ -852,21 +844,52 @@ cdef class TableIterator(Iterator):
                                f"of the decompressed block)", self.reader.path, off)
 
     cdef int _load(self, Py_ssize_t i) noexcept:
-        try:
-            data = self.reader._data_block(i, self.fill_cache, self.verify_checksums)
-        except CorruptionError as e:
-            return self._fail(FDB_ERR_CORRUPTION, e)
-        except OSError as e:
-            return self._fail(FDB_ERR_IO, e)
-        except MemoryError as e:
-            return self._fail(FDB_ERR_NOMEM, e)
-        except BaseException as e:
-            return self._fail(FDB_ERR_PYTHON, e)
-        self.block = data
-        self.st.cur = i
+        """Points st.blk at data block i: from the cache, else from the file.
+
+        Only blocks read with verify_checksums whose restart array passed
+        block_iter_reset are cached, together with what that check found, so
+        a cached block is trusted: block_iter_reset_trusted skips the check
+        (the entries are still bounds-checked as they are decoded).  A block
+        read without checksum verification is never cached and always fully
+        checked."""
+        cdef TableReader r = self.reader
+        cdef BlockCache cache = r.block_cache
+        cdef BlockMeta meta
+        cdef bytes data = None
+        cdef bint from_file = False
+        if cache is not None:
+            data = cache.lookup(r.cache_file, self.st.index[i].offset, &meta)
+        if data is not None:
+            r.blocks_loaded += 1
+            self.block = data
+            self.st.cur = i
+            if meta.trusted:
+                block_iter_reset_trusted(&self.st.blk, <const uint8_t *><const char *>data,
+                                         len(data), meta.data_end, meta.num_restarts)
+                return FDB_OK
+        else:
+            try:
+                data = r._fetch_block(i, self.verify_checksums)
+            except CorruptionError as e:
+                return self._fail(FDB_ERR_CORRUPTION, e)
+            except OSError as e:
+                return self._fail(FDB_ERR_IO, e)
+            except MemoryError as e:
+                return self._fail(FDB_ERR_NOMEM, e)
+            except BaseException as e:
+                return self._fail(FDB_ERR_PYTHON, e)
+            r.blocks_loaded += 1
+            from_file = True
+            self.block = data
+            self.st.cur = i
         if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
                             len(data)) != FDB_OK:
             return self._fail(FDB_ERR_CORRUPTION, self._block_error())
+        if from_file and self.fill_cache and self.verify_checksums and cache is not None:
+            meta.data_end = self.st.blk.data_end
+            meta.num_restarts = self.st.blk.num_restarts
+            meta.trusted = True
+            cache.insert(r.cache_file, self.st.index[i].offset, data, &meta)
         return FDB_OK
 
     cdef int _blk_failed(self) noexcept:

@@ -13,7 +13,7 @@ import pytest
 import snappy
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flowdb._block_cache import BlockCache
+from flowdb._core.block_cache import BlockCache
 from flowdb._core.iterator import VectorIterator
 from flowdb._core.table import (BLOCK_TRAILER_SIZE, FOOTER_SIZE, FORMAT_VERSION,
                                 TABLE_MAGIC, TableBuilder, TableReader, build_table)
@@ -497,6 +497,79 @@ def test_cache_capacity_zero_reads_every_time(tmp_path):
     scan(r.new_iterator())
     scan(r.new_iterator())
     assert r.blocks_read == 2 * props["num_data_blocks"]
+
+
+def _restamp(data, off, size):
+    """Recomputes the trailer crc of the block stored at [off, off + size)."""
+    crc = crc32c.crc32c(bytes(data[off:off + size + 1]))
+    data[off + size + 1:off + size + 5] = crc.to_bytes(4, "little")
+
+
+def test_block_with_bad_restarts_but_good_crc_is_never_cached(tmp_path):
+    # A block that passes its checksum but not the restart-array check (a
+    # writer bug, not disk damage) fails on every read and stays out of the cache.
+    model = [put(b"k%03d" % i, 0, i + 1, random.Random(i).randbytes(300)) for i in range(40)]
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)
+    off, size = r.block_meta()[0][:2]
+    r.close()
+    data = bytearray(path.read_bytes())
+    assert data[off + size] == 0                      # stored raw
+    n = struct.unpack_from("<I", data, off + size - 4)[0]
+    assert n >= 1
+    struct.pack_into("<I", data, off + size - 4 - 4 * n, 1)      # restart[0] = 1, not 0
+    _restamp(data, off, size)
+    path.write_bytes(data)
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 1, cache)
+    for attempt in range(2):
+        with pytest.raises(CorruptionError, match="bad restart offset"):
+            scan(r.new_iterator())
+        assert cache.usage == 0 and len(cache) == 0
+    assert r.blocks_read == 2
+
+
+def test_blocks_put_from_python_are_checked_on_every_use(tmp_path):
+    # The cache trusts only blocks the table checked itself; a value put
+    # through the Python API is checked like a block read from the file.
+    model = series(4, 100)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 5, cache)
+    good = scan(r.new_iterator())
+    assert good == model
+    offsets = [m[0] for m in r.block_meta()]
+    for bad in (b"", b"\x01\x02", b"\x00" * 8, b"\xff" * 64 + b"\x01\x00\x00\x00",
+                b"\x00\x00\x00\x00"):
+        cache.put((5, offsets[1]), bad)
+        with pytest.raises(CorruptionError):
+            scan(r.new_iterator())
+    # A well-formed block of another offset, put under this one: read as is.
+    cache.put((5, offsets[1]), cache.get((5, offsets[2])))
+    got = scan(r.new_iterator())
+    assert got != model and len(got) > len(model) // 2
+
+
+def test_cached_blocks_give_the_same_answers(tmp_path):
+    # First pass from the file (checked, then cached), second from the cache
+    # (trusted): every seek agrees with the model, both ways.
+    model = series(7, 60, value_size=20)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=300)
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 2, cache)
+    for _ in range(2):
+        for k, v in model[::3]:
+            it = r.new_iterator()
+            it.seek(k)
+            assert current(it) == (k, v)
+            it.seek_for_prev(k)
+            assert current(it) == (k, v)
+            it.seek_for_prev(k[:-16] + b"\xff" * 16)
+            assert current(it) == seek_for_prev(model, k[:-16] + b"\xff" * 16)
+    assert cache.hits > 0 and len(cache) == r.num_data_blocks
 
 
 def test_iterator_holds_one_block(tmp_path):
