@@ -483,3 +483,33 @@ def test_lock_released_when_holder_is_killed(tmp_path):
         proc.wait()
     with Engine.open(str(tmp_path / "db"), auto_background=False) as e:
         assert e.get(b"child", 1) is not None
+
+
+# ------------------------------------------------------- WAL failure: read-only until reopen
+
+def test_failed_wal_fsync_refuses_every_later_write_until_reopen(tmp_path, monkeypatch):
+    import errno
+
+    path = str(tmp_path / "db")
+    e = Engine.open(path, auto_background=False, wal_sync_mode=SyncMode.ALWAYS)
+    e.write_batch([R(b"kept", 1, b"acknowledged")])
+
+    def broken(fd):
+        raise OSError(errno.EIO, "injected fdatasync failure")
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(FlowError):
+        e.write_batch([R(b"lost", 1, b"never acknowledged")])
+    monkeypatch.undo()                       # the disk is fine again: still refused
+    for write in (lambda: e.write_batch([R(b"after", 1, b"x")]),
+                  lambda: e.delete_batch([(b"kept", 1)]),
+                  lambda: e.delete_range(b"a", b"z"),
+                  lambda: e.patch_record(b"kept", 1, b"y")):
+        with pytest.raises(FlowError, match="reopen"):
+            write()
+    assert e.get(b"kept", 1) == R(b"kept", 1, b"acknowledged")   # reads still work
+    e.shutdown()
+
+    with Engine.open(path, auto_background=False) as again:
+        assert again.get(b"kept", 1) == R(b"kept", 1, b"acknowledged")
+        again.write_batch([R(b"after", 1, b"x")])                # reopening recovers
+        assert again.get(b"after", 1) == R(b"after", 1, b"x")
