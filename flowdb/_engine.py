@@ -455,17 +455,22 @@ class Engine:
         payload, count = _batch.encode_range_delete(start, end)
         self._commit(payload, count, 0, self._sync_always)
 
-    def _write_mixed(self, records, deletes, sync=None) -> None:
-        """One atomic batch of puts (expiry kept as given) and point deletes.
+    def _write_mixed(self, records, deletes=(), range_deletes=(), sync=None) -> None:
+        """One atomic batch: puts (expiry kept as given), point deletes, and
+        range deletes [start, end), applied in that order.
 
         For layers built on the engine (JsonDB commits a transaction's
         documents, index entries and key generators with one call).
         """
         self._check_open()
-        puts, n_puts, raw = _batch.encode_puts(records, None, False)
-        dels, n_dels = _batch.encode_deletes(deletes)
-        payload = _batch.concat_payloads(puts, dels)
-        self._commit(payload, n_puts + n_dels, raw, self._sync_always if sync is None else sync)
+        parts = [_batch.encode_puts(records, None, False)[0], _batch.encode_deletes(deletes)[0]]
+        for start, end in range_deletes:
+            if as_key(start, "start_key") < as_key(end, "end_key"):
+                parts.append(_batch.encode_range_delete(start, end)[0])
+        payload = _batch.concat_payloads(*parts)
+        count = int.from_bytes(payload[:4], "little")
+        raw = sum(len(r.key) + len(r.value) for r in records) if records else 0
+        self._commit(payload, count, raw, self._sync_always if sync is None else sync)
 
     def snapshot(self) -> "Snapshot":
         """A consistent read-only view of the store as it is now.

@@ -1235,3 +1235,28 @@ def test_auto_background_engine_flushes_and_stays_consistent(engine_factory):
     e.shutdown()
     e = engine_factory()
     assert len(e.query_by_prefix(b"bg")) == 1000
+
+
+def test_write_mixed_is_one_atomic_batch_of_puts_deletes_and_range_deletes(engine):
+    engine.write_batch([R(b"a", 1, b"x"), R(b"b", 1, b"y"), R(b"c1", 1, b"z"), R(b"c2", 1, b"w")])
+    engine._write_mixed([R(b"d", 1, b"new")], [(b"a", 1)], [(b"c", b"d")])
+    after = [(b"b", 1, b"y", NEVER), (b"d", 1, b"new", NEVER)]
+    assert dump(engine) == after
+    # A bad record anywhere refuses the whole batch and changes nothing.
+    with pytest.raises(TypeError):
+        engine._write_mixed([R(b"e", 1, b"v"), "not a record"], [(b"b", 1)])
+    assert dump(engine) == after
+
+
+def test_snapshot_reads_do_not_see_later_writes(engine):
+    engine.write_batch([R(b"a", 1, b"old")])
+    with engine.snapshot() as snap:
+        engine.write_batch([R(b"a", 1, b"new"), R(b"b", 1, b"x")])
+        engine.delete_batch([(b"a", 1)])
+        engine.flush()
+        engine.trigger_compaction()
+        assert snap.get(b"a", 1) == R(b"a", 1, b"old")
+        assert snap.get_latest(b"b") is None
+        assert list(snap.scan(ScanRange.all())) == [R(b"a", 1, b"old")]
+    with pytest.raises(flowdb.InvalidStateError):
+        snap.get(b"a", 1)
