@@ -141,3 +141,23 @@ def test_successor():
     assert idbkey.successor(b"a\xff\xff") == b"b"
     with pytest.raises(ValueError):
         idbkey.successor(b"\xff")
+
+
+def test_format_doc_matches_code():
+    import pathlib
+    import re
+    from flowdb.jsondb import _keys, _schema
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_text()
+    section = doc[doc.index("## JsonDB"):]
+    for name, code in [("number", idbkey.TYPE_NUMBER), ("string", idbkey.TYPE_STRING),
+                       ("array", idbkey.TYPE_ARRAY)]:
+        assert f"| {name} | `0x{code:02X}` |" in section
+    for key, hexed in re.findall(r'`([^`]+)` -> `([0-9a-f]+)`', section):
+        assert idbkey.encode(eval(key, {"inf": math.inf})).hex() == hexed, key
+    assert "`00 4A` (`\"\\x00J\"`)" in section and _keys.PREFIX == b"\x00J"
+    assert "catalog           := 00 4A 01 " in section and _keys.CATALOG_KEY == b"\x00J\x01"
+    assert _keys.count_key(7) == b"\x00J\x02" + (7).to_bytes(4, "big") + b"\x01"
+    assert _keys.keygen_key(7) == b"\x00J\x02" + (7).to_bytes(4, "big") + b"\x02"
+    assert _keys.docs_prefix(7) == b"\x00J\x03" + (7).to_bytes(4, "big") + bytes(4)
+    assert _keys.index_prefix(7, 3) == b"\x00J\x03" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big")
+    assert f'{{"version": {_schema.CATALOG_VERSION},' in section
