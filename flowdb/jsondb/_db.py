@@ -223,7 +223,8 @@ class JsonDB:
                                     f"cannot create unique index {name!r}: documents "
                                     f"{_keys.decode(other)!r} and {_keys.decode(pk)!r} share "
                                     f"the key {_keys.decode(k)!r}")
-                        records.append(Record(idx.prefix + k + pk, 0, b"", NEVER))
+                        key, value = idx.entry(k, pk)
+                        records.append(Record(key, 0, value, NEVER))
                 meta.indexes[name] = idx
                 cat = self._catalog.copy()
                 cat.stores[store] = meta

@@ -4,13 +4,18 @@ Plan choice (explain() reports it):
 
 1. Every where_eq / where_range / where_in on a field that has a plain
    index (one key path, not multi_entry) whose values are valid keys is a
-   candidate.  Its size is estimated by counting its index entries, up to
-   ESTIMATE_CAP; the smallest wins (the most selective).
+   candidate.  With several candidates (or one competing with an order_by
+   index walk) each is estimated by counting its index entries, up to a
+   cap (ESTIMATE_CAP, or sqrt((offset + limit) * documents) when a walk
+   competes); the smallest wins (the most selective).  A lone candidate
+   is taken without counting.
 2. With order_by on an indexed field: if the chosen candidate is on that
    field, its index walk is already in order; if there is no candidate, or
-   the best one is not selective (reaches ESTIMATE_CAP) and a limit is
-   given, the order_by index is walked in order and stops after
-   offset + limit matches, so nothing is sorted.
+   a limit is given and the best candidate's estimate e makes walking
+   cheaper (e * e > (offset + limit) * documents: the walk reads about
+   (offset + limit) * documents / e documents, the candidate e), the
+   order_by index is walked in order and stops after offset + limit
+   matches, so nothing is sorted.
 3. Otherwise documents come from the chosen index or a full scan, every
    clause is applied as a filter, then the sort (a heap of offset + limit
    when there is a limit), then offset and limit.
@@ -24,6 +29,7 @@ index is used, else primary-key order.
 """
 import enum
 import heapq
+import math
 
 from flowdb._errors import DataError
 from flowdb.jsondb import _keys, _typed
@@ -151,37 +157,40 @@ class QueryBuilder:
         meta = tx._store(self._store)
         plain = {idx.key_paths[0]: idx for idx in meta.indexes.values()
                  if not idx.compound and not idx.multi_entry}
-        best = None                                 # (estimate, clause, idx, ranges)
+        cands = []                                  # (clause, idx, ranges)
         for c in self._clauses:
             idx = plain.get(c.field)
-            if idx is None:
-                continue
-            ranges = c.ranges(idx.prefix)
-            if ranges is None:
-                continue
-            est = 0
-            for lo, hi in ranges:
-                for _ in tx._iter_range(lo, hi):
-                    est += 1
-                    if est >= ESTIMATE_CAP:
-                        break
-                if est >= ESTIMATE_CAP:
-                    break
-            if best is None or est < best[0]:
-                best = (est, c, idx, ranges)
+            if idx is not None:
+                ranges = c.ranges(idx.prefix)
+                if ranges is not None:
+                    cands.append((c, idx, ranges))
+        oidx = plain.get(self._order[0]) if self._order is not None else None
+        walk_ok = oidx is not None and self._limit is not None
+        need = self._offset + (self._limit or 0)
+        total = tx._count_of(meta) if walk_ok else 0
+        # walking the order index costs about need * total / est documents,
+        # the candidate est: count the candidate up to where walking wins
+        cap = max(ESTIMATE_CAP, math.isqrt(need * total) + 1) if walk_ok else ESTIMATE_CAP
+        best = None                                 # (estimate, clause, idx, ranges)
+        if len(cands) == 1 and (not walk_ok or cands[0][1] is oidx):
+            best = (None,) + cands[0]
+        else:
+            for c, idx, ranges in cands:
+                limit = cap if best is None else min(cap, best[0])
+                est = _count(tx, ranges, limit)
+                if best is None or est < best[0] or (est == best[0] and idx is oidx):
+                    best = (est, c, idx, ranges)
         plan = {"meta": meta, "index": None, "ranges": None, "clause": None, "ordered": False,
-                "estimate": None}
+                "estimate": None, "cap": cap}
         if best is not None:
             plan.update(index=best[2], ranges=best[3], clause=best[1], estimate=best[0])
-        if self._order is not None:
-            oidx = plain.get(self._order[0])
-            if oidx is not None:
-                if best is not None and best[2] is oidx:
-                    plan["ordered"] = True
-                elif best is None or (best[0] >= ESTIMATE_CAP and self._limit is not None):
-                    p = oidx.prefix
-                    plan.update(index=oidx, ranges=[(p, _keys.successor(p))], clause=None,
-                                ordered=True, estimate=None)
+        if oidx is not None:
+            if best is not None and best[2] is oidx:
+                plan["ordered"] = True
+            elif walk_ok and (best is None or best[0] * best[0] > need * total):
+                p = oidx.prefix
+                plan.update(index=oidx, ranges=[(p, _keys.successor(p))], clause=None,
+                            ordered=True, estimate=None)
         return plan
 
     def explain(self):
@@ -195,7 +204,7 @@ class QueryBuilder:
             how = f"for {plan['clause']}" if plan["clause"] is not None else "in order"
             parts.append(f"index {plan['index'].name!r} of {self._store!r} {how}")
             if plan["estimate"] is not None:
-                cap = "+" if plan["estimate"] >= ESTIMATE_CAP else ""
+                cap = "+" if plan["estimate"] >= plan["cap"] else ""
                 parts.append(f"estimated {plan['estimate']}{cap} entries")
         rest = [str(c) for c in self._clauses if c is not plan["clause"]]
         if rest:
@@ -235,15 +244,14 @@ class QueryBuilder:
         desc = plan["ordered"] and self._order[2] is SortDir.DESC
         seen = set() if len(plan["ranges"]) > 1 else None
         ranges = plan["ranges"]
-        n = len(idx.prefix)
         if desc:
-            entries = [k for lo, hi in ranges for k, _ in tx._iter_range(lo, hi)]
+            entries = [kv for lo, hi in ranges for kv in tx._iter_range(lo, hi)]
             entries.reverse()
         else:
-            entries = (k for lo, hi in ranges for k, _ in tx._iter_range(lo, hi))
-        for k in entries:
-            _, end = _keys.decode_from(k, n)
-            pk = k[end:]
+            entries = (kv for lo, hi in ranges for kv in tx._iter_range(lo, hi))
+        pk_of = idx.pk_of
+        for k, v in entries:
+            pk = pk_of(k, v)
             if seen is not None:
                 if pk in seen:
                     continue
@@ -286,6 +294,16 @@ class QueryBuilder:
             if stop is not None and i + 1 >= stop:
                 break
         return out
+
+
+def _count(tx, ranges, limit):
+    n = 0
+    for lo, hi in ranges:
+        for _ in tx._iter_range(lo, hi):
+            n += 1
+            if n >= limit:
+                return n
+    return n
 
 
 def _load(raw):

@@ -154,6 +154,25 @@ class IndexMeta:
     def keys_of(self, doc):
         return _keys.index_keys(doc, self.parts, self.multi_entry)
 
+    def entry(self, k, pk):
+        """(engine key, value) of the entry for encoded index key k and
+        encoded primary key pk: a unique index keeps pk in the value, so
+        its uniqueness check and lookups are point reads."""
+        if self.unique:
+            return self.prefix + k, pk
+        return self.prefix + k + pk, b""
+
+    def split(self, key, value):
+        """(index key, encoded primary key) of an entry."""
+        ikey, end = _keys.decode_from(key, len(self.prefix))
+        return ikey, (value if self.unique else key[end:])
+
+    def pk_of(self, key, value):
+        """The encoded primary key of an entry."""
+        if self.unique:
+            return value
+        return key[_keys.decode_from(key, len(self.prefix))[1]:]
+
     def to_def(self):
         return IndexDef(self.name, list(self.key_paths), self.unique, self.multi_entry)
 

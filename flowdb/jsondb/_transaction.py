@@ -307,31 +307,25 @@ class Transaction:
             for k in adds:
                 if len(idx.prefix) + len(k) + len(pk) > _MAX_KEY:
                     raise DataError(f"the key of index {idx.name!r} is too long")
-                if idx.unique and self._unique_taken(idx, k, pk):
-                    raise ConstraintError(
-                        f"unique index {idx.name!r} of {meta.name!r} already has key "
-                        f"{_keys.decode(k)!r}")
-            changes.append((idx.prefix, old - new, adds))
+                if idx.unique:
+                    other = self._get_raw(idx.prefix + k)
+                    if other is not None and other != pk:
+                        raise ConstraintError(
+                            f"unique index {idx.name!r} of {meta.name!r} already has key "
+                            f"{_keys.decode(k)!r}")
+            changes.append((idx, old - new, adds))
         # checked: from here on nothing raises
         self._set(dkey, raw)
-        for prefix, removes, adds in changes:
+        for idx, removes, adds in changes:
             for k in removes:
-                self._set(prefix + k + pk, None)
+                self._set(idx.entry(k, pk)[0], None)
             for k in adds:
-                self._set(prefix + k + pk, b"")
+                self._set(*idx.entry(k, pk))
         if old_raw is None:
             self._counts[meta.id] = self._count_of(meta) + 1
         if new_gen is not None and new_gen != gen:
             self._gens[meta.id] = new_gen
         return key
-
-    def _unique_taken(self, idx, k, pk):
-        lo = idx.prefix + k
-        n = len(lo)
-        for key, _ in self._iter_range(lo, _keys.successor(lo)):
-            if key[n:] != pk:
-                return True
-        return False
 
     def delete(self, store, key):
         """Delete the document with this key (or every one in a KeyRange);
@@ -352,7 +346,7 @@ class Transaction:
         old_doc = load_doc(old_raw)
         for idx in meta.indexes.values():
             for k in idx.keys_of(old_doc):
-                self._set(idx.prefix + k + pk, None)
+                self._set(idx.entry(k, pk)[0], None)
         self._set(dkey, None)
         self._counts[meta.id] = self._count_of(meta) - 1
 
@@ -411,7 +405,14 @@ class Transaction:
         with value's elements), ordered by (index key, primary key)."""
         meta = self._store(store)
         idx = meta.index(index)
-        enc = _keys.encode_prefix(value) if idx.compound else _keys.encode(value)
+        if idx.compound:
+            enc = _keys.encode_prefix(value)
+        else:
+            enc = _keys.encode(value)
+            if idx.unique:                     # one point read
+                pk = self._get_raw(idx.prefix + enc)
+                raw = None if pk is None else self._get_raw(meta.docs_prefix + pk)
+                return [] if raw is None else [load_doc(raw)]
         lo = idx.prefix + enc
         return [doc for _, _, doc in self._index_docs(meta, idx, lo, _keys.successor(lo))]
 
@@ -445,13 +446,12 @@ class Transaction:
                 yield pk, pk, load_doc(v)
         else:
             idx = meta.index(index)
-            n = len(idx.prefix)
-            for k, _ in entries:
+            for k, v in entries:
                 self._check_active()
-                ikey, end = _keys.decode_from(k, n)
-                raw = self._get_raw(meta.docs_prefix + k[end:])
+                ikey, pk = idx.split(k, v)
+                raw = self._get_raw(meta.docs_prefix + pk)
                 if raw is not None:
-                    yield ikey, _keys.decode(k[end:]), load_doc(raw)
+                    yield ikey, _keys.decode(pk), load_doc(raw)
 
     def _entries(self, meta, rng, index):
         base = meta.docs_prefix if index is None else meta.index(index).prefix
@@ -462,9 +462,8 @@ class Transaction:
         return self._iter_range(lo, hi)
 
     def _index_docs(self, meta, idx, lo, hi):
-        n = len(idx.prefix)
-        for k, _ in self._iter_range(lo, hi):
-            ikey, end = _keys.decode_from(k, n)
-            raw = self._get_raw(meta.docs_prefix + k[end:])
+        for k, v in self._iter_range(lo, hi):
+            ikey, pk = idx.split(k, v)
+            raw = self._get_raw(meta.docs_prefix + pk)
             if raw is not None:
-                yield ikey, k[end:], load_doc(raw)
+                yield ikey, pk, load_doc(raw)

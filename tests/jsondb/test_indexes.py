@@ -17,12 +17,11 @@ def s(db):
 
 
 def entries(db, store, index):
-    meta = db._catalog.stores[store]
-    p = meta.indexes[index].prefix
+    idx = db._catalog.stores[store].indexes[index]
     out = []
-    for r in db.engine.scan_prefix(p):
-        k, end = _keys.decode_from(r.key, len(p))
-        out.append((k, _keys.decode(r.key[end:])))
+    for r in db.engine.scan_prefix(idx.prefix):
+        k, pk = idx.split(r.key, r.value)
+        out.append((k, _keys.decode(pk)))
     return out
 
 

@@ -70,8 +70,22 @@ def test_order_by_with_limit_walks_index(people):
 
 def test_order_by_on_unindexed_field_sorts(people):
     db, docs = people
+    q = db.query("p").where_eq("city", "Rome").order_by("id", SortDir.DESC).limit(7)
+    assert "sort by id (top-k heap)" in q.explain()
+    assert q.collect() == keyed([d for d in docs if d["city"] == "Rome"], "id")[::-1][:7]
+
+
+def test_selective_candidate_beats_order_walk(people):
+    db, docs = people
+    q = db.query("p").where_eq("email", "p9@x").order_by("age").limit(5)
+    assert "index 'email'" in q.explain() and "sort by age" in q.explain()
+    assert q.collect() == [d for d in docs if d["id"] == 9 and "age" in d]
+
+
+def test_unselective_candidate_loses_to_order_walk(people):
+    db, docs = people
     q = db.query("p").where_eq("city", "Rome").order_by("email").limit(7)
-    assert "sort by email" in q.explain()
+    assert "order_by(email) from the index order" in q.explain()
     assert q.collect() == keyed([d for d in docs if d["city"] == "Rome"], "email")[:7]
 
 
