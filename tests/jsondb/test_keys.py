@@ -161,3 +161,4 @@ def test_format_doc_matches_code():
     assert _keys.docs_prefix(7) == b"\x00J\x03" + (7).to_bytes(4, "big") + bytes(4)
     assert _keys.index_prefix(7, 3) == b"\x00J\x03" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big")
     assert f'{{"version": {_schema.CATALOG_VERSION},' in section
+    assert "unique index entry:= 00 4A 03 u32be(store_id) u32be(index_id) idbkey(index key)            -> idbkey(pk)" in section
