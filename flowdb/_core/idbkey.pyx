@@ -349,3 +349,83 @@ def successor(bytes prefix) -> bytes:
         raise ValueError("no successor of an all-0xFF prefix")
     b[len(b) - 1] += 1
     return bytes(b)
+
+
+# ---- helpers for the document layer (flowdb.jsondb), hot on every write ----
+
+cdef object _MISSING = object()
+
+
+cdef object extract_path(object doc, tuple parts):
+    cdef object v = doc
+    for p in parts:
+        if type(v) is not dict:
+            return _MISSING
+        v = (<dict>v).get(p, _MISSING)
+        if v is _MISSING:
+            return _MISSING
+    return v
+
+
+cdef bytes try_encode_c(object key):
+    cdef Buf b
+    b.data = NULL
+    b.size = 0
+    b.cap = 0
+    try:
+        put_key(&b, key, 0)
+        return PyBytes_FromStringAndSize(<char *>b.data, b.size)
+    except DataError:
+        return None
+    finally:
+        free(b.data)
+
+
+def index_keys(object doc, tuple parts_list, bint multi_entry):
+    """The encoded index keys of doc for an index over parts_list (a tuple
+    of key paths, each a tuple of names): () when a value is missing or not
+    a valid key; for a multi_entry index over an array, one per distinct
+    valid element; a compound index's key is the array of its values."""
+    cdef object v
+    cdef bytes enc
+    cdef list values
+    if len(parts_list) == 1:
+        v = extract_path(doc, <tuple>parts_list[0])
+        if v is _MISSING:
+            return ()
+        if multi_entry and type(v) is list:
+            out = set()
+            for e in <list>v:
+                enc = try_encode_c(e)
+                if enc is not None:
+                    out.add(enc)
+            return out
+        enc = try_encode_c(v)
+        return () if enc is None else (enc,)
+    values = []
+    for parts in parts_list:
+        v = extract_path(doc, <tuple>parts)
+        if v is _MISSING:
+            return ()
+        values.append(v)
+    enc = try_encode_c(values)
+    return () if enc is None else (enc,)
+
+
+cdef bint has_nul(object key):
+    if type(key) is str:
+        return "\x00" in <str>key
+    if type(key) is list or type(key) is tuple:
+        for k in key:
+            if has_nul(k):
+                return True
+    return False
+
+
+def encode_primary(object key) -> bytes:
+    """encode(key) for a primary key: DataError too if a string in it
+    contains \\x00 (API.md: refused in string primary keys)."""
+    cdef bytes enc = encode(key)
+    if b"\x00\xff" in enc and has_nul(key):
+        raise DataError("string primary keys must not contain \\x00")
+    return enc

@@ -14,6 +14,7 @@ from flowdb._engine import Engine
 from flowdb._errors import ConstraintError, DataError, InvalidStateError, NotFoundError
 from flowdb._query import ScanRange
 from flowdb.jsondb import _keys, _typed
+from flowdb.jsondb._keyrange import KeyRange
 from flowdb.jsondb._schema import (Catalog, IndexMeta, StoreMeta, as_store_def,
                                    check_index_def)
 from flowdb.jsondb._transaction import Transaction, TransactionMode, load_doc
@@ -330,10 +331,27 @@ class JsonDB:
         self._write1(store, Transaction.clear)
 
     def get(self, store, key):
-        return self._read1(store, Transaction.get, key)
+        if isinstance(key, KeyRange):
+            return self._read1(store, Transaction.get, key)
+        # one point read is atomic by itself: no transaction needed
+        rec = self._engine.get(self._meta_for_read(store).docs_prefix + _keys.encode(key), 0)
+        return None if rec is None else load_doc(rec.value)
 
     def count(self, store, query=None, index=None):
+        if query is None and index is None:
+            rec = self._engine.get(self._meta_for_read(store).count_key, 0)
+            return 0 if rec is None else int(rec.value)
         return self._read1(store, Transaction.count, query, index)
+
+    def _meta_for_read(self, store):
+        if self._closed:
+            raise InvalidStateError("the database has been shut down")
+        meta = self._catalog.stores.get(store)
+        if meta is None:
+            if not isinstance(store, str):
+                raise TypeError(f"a store name must be a str, not {type(store).__name__}")
+            raise NotFoundError(f"no object store named {store!r}")
+        return meta
 
     def scan(self, store):
         return self._read1(store, Transaction.scan)

@@ -111,21 +111,8 @@ def try_encode(value):
         return None
 
 
-def check_primary_key(key):
-    """The encoding of a primary key; DataError if invalid or if a string in
-    it contains \\x00."""
-    enc = encode(key)
-    if b"\x30" in enc and _has_nul(key):
-        raise DataError("string primary keys must not contain \\x00")
-    return enc
-
-
-def _has_nul(key):
-    if type(key) is str:
-        return "\x00" in key
-    if isinstance(key, (list, tuple)):
-        return any(_has_nul(k) for k in key)
-    return False
+# encoded primary key; DataError if invalid or if a string in it contains \x00
+check_primary_key = idbkey.encode_primary
 
 
 def next_generator(current, key):
@@ -139,28 +126,8 @@ def next_generator(current, key):
     return current
 
 
-def index_keys(doc, parts_list, multi_entry):
-    """The encoded index keys of doc for an index over `parts_list` (a
-    tuple of parsed key paths): none when a value is missing or invalid;
-    with multi_entry one per distinct valid element of an array."""
-    if len(parts_list) == 1:
-        v = extract(doc, parts_list[0])
-        if v is MISSING:
-            return ()
-        if multi_entry and type(v) is list:
-            out = set()
-            for e in v:
-                enc = try_encode(e)
-                if enc is not None:
-                    out.add(enc)
-            return out
-        enc = try_encode(v)
-        return () if enc is None else (enc,)
-    values = []
-    for parts in parts_list:
-        v = extract(doc, parts)
-        if v is MISSING:
-            return ()
-        values.append(v)
-    enc = try_encode(values)
-    return () if enc is None else (enc,)
+# index_keys(doc, parts_list, multi_entry): the encoded index keys of doc for
+# an index over parts_list (a tuple of parsed key paths): none when a value is
+# missing or invalid; with multi_entry one per distinct valid element of an
+# array; a compound index's key is the array of its values.  (In C: hot.)
+index_keys = idbkey.index_keys

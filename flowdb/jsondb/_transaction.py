@@ -26,6 +26,8 @@ from flowdb._query import ScanRange
 from flowdb.jsondb import _keys
 from flowdb.jsondb._keyrange import KeyRange, as_range
 
+index_keys = _keys.index_keys
+
 _ABSENT = object()
 _MAX_KEY = 65535
 
@@ -79,7 +81,8 @@ class Transaction:
         self._active = True
         self._rw = mode is TransactionMode.READ_WRITE
         self._writes = {}                # engine key -> value bytes, or None: delete
-        self._sorted = []                # the keys of _writes, sorted
+        self._sorted = []                # the keys of _writes, sorted when not _dirty
+        self._dirty = False
         self._cleared = []               # [lo, hi) ranges cleared by clear()
         self._counts = {}                # sid -> document count
         self._gens = {}                  # sid -> next generated key
@@ -133,7 +136,8 @@ class Transaction:
     def _write(self):
         records, deletes = [], []
         writes = self._writes
-        for key in self._sorted:
+        srt = self._sorted_keys()
+        for key in srt:
             v = writes[key]
             if v is None:
                 deletes.append((key, 0))
@@ -147,8 +151,8 @@ class Transaction:
         for lo, hi in self._cleared:
             # _write_mixed applies range deletes after the puts: a range that
             # this transaction wrote into again becomes point deletes.
-            i = bisect.bisect_left(self._sorted, lo)
-            if i < len(self._sorted) and self._sorted[i] < hi:
+            i = bisect.bisect_left(srt, lo)
+            if i < len(srt) and srt[i] < hi:
                 for rec in self._reader.scan(ScanRange.key_range(lo, hi)):
                     if rec.key < hi and rec.key not in writes:
                         deletes.append((rec.key, 0))
@@ -193,9 +197,17 @@ class Transaction:
         return None if rec is None else rec.value
 
     def _set(self, key, value):
-        if key not in self._writes:
-            bisect.insort(self._sorted, key)
-        self._writes[key] = value
+        writes = self._writes
+        if key not in writes:
+            self._sorted.append(key)
+            self._dirty = True
+        writes[key] = value
+
+    def _sorted_keys(self):
+        if self._dirty:
+            self._sorted.sort()
+            self._dirty = False
+        return self._sorted
 
     def _iter_range(self, lo, hi):
         """(key, value) for engine keys in [lo, hi), ascending, overlay applied."""
@@ -208,7 +220,7 @@ class Transaction:
                     return
                 yield rec.key, rec.value
             return
-        srt = self._sorted
+        srt = self._sorted_keys()
         over = srt[bisect.bisect_left(srt, lo):bisect.bisect_left(srt, hi)]
         writes = self._writes
         cleared = self._cleared
@@ -297,13 +309,20 @@ class Transaction:
         old_doc = None if old_raw is None else load_doc(old_raw)
         changes = []
         for idx in meta.indexes.values():
-            new = idx.keys_of(doc)
-            old = idx.keys_of(old_doc) if old_doc is not None else ()
-            if not new and not old:
-                continue
-            new = set(new)
-            old = set(old)
-            adds = new - old
+            new = index_keys(doc, idx.parts, idx.multi_entry)
+            if old_doc is None:
+                if not new:
+                    continue
+                old = ()
+                adds = new
+            else:
+                old = index_keys(old_doc, idx.parts, idx.multi_entry)
+                if not new and not old:
+                    continue
+                new = set(new)
+                old = set(old)
+                adds = new - old
+                old = old - new
             for k in adds:
                 if len(idx.prefix) + len(k) + len(pk) > _MAX_KEY:
                     raise DataError(f"the key of index {idx.name!r} is too long")
@@ -313,7 +332,7 @@ class Transaction:
                         raise ConstraintError(
                             f"unique index {idx.name!r} of {meta.name!r} already has key "
                             f"{_keys.decode(k)!r}")
-            changes.append((idx, old - new, adds))
+            changes.append((idx, old, adds))
         # checked: from here on nothing raises
         self._set(dkey, raw)
         for idx, removes, adds in changes:
@@ -355,11 +374,12 @@ class Transaction:
         meta = self._store(store, True)
         lo = _keys.store_prefix(meta.id)
         hi = _keys.successor(lo)
-        i = bisect.bisect_left(self._sorted, lo)
-        j = bisect.bisect_left(self._sorted, hi)
-        for key in self._sorted[i:j]:
+        srt = self._sorted_keys()
+        i = bisect.bisect_left(srt, lo)
+        j = bisect.bisect_left(srt, hi)
+        for key in srt[i:j]:
             del self._writes[key]
-        del self._sorted[i:j]
+        del srt[i:j]
         self._cleared.append((lo, hi))
         self._counts[meta.id] = 0
 
