@@ -360,6 +360,15 @@ class JsonDB:
         return self._read1(store, Transaction.get_all, query, count, index)
 
     def get_by_index(self, store, index, value):
+        meta = self._meta_for_read(store)
+        idx = meta.index(index)
+        if idx.unique and not idx.compound:
+            # two point reads on one snapshot: no transaction needed
+            with self._engine.snapshot() as snap:
+                rec = snap.get(idx.prefix + _keys.encode(value), 0)
+                if rec is not None:
+                    rec = snap.get(meta.docs_prefix + rec.value, 0)
+            return [] if rec is None else [load_doc(rec.value)]
         return self._read1(store, Transaction.get_by_index, index, value)
 
     def range_by_index(self, store, index, start, end):
