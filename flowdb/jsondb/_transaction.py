@@ -123,6 +123,14 @@ class Transaction:
         self._check_active()
         self._finish()
 
+    def __del__(self):
+        # a forgotten transaction must not keep its stores locked
+        if getattr(self, "_active", False):
+            try:
+                self._finish()
+            except Exception:
+                pass
+
     def _finish(self):
         self._active = False
         self._writes = self._sorted = self._cleared = None

@@ -175,3 +175,13 @@ def test_commit_survives_reopen(db_factory):
             tx.put("a", {"id": i})
     db = db_factory()
     assert db.count("a") == 100
+
+
+def test_forgotten_transaction_releases_its_locks(two):
+    import gc
+    tx = two.transaction(["a"], "readwrite")
+    tx.put("a", {"id": 1, "u": 1})
+    del tx
+    gc.collect()
+    two.put("a", {"id": 2, "u": 2})                    # would deadlock otherwise
+    assert two.get("a", 1) is None
