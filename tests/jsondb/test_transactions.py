@@ -185,3 +185,30 @@ def test_forgotten_transaction_releases_its_locks(two):
     gc.collect()
     two.put("a", {"id": 2, "u": 2})                    # would deadlock otherwise
     assert two.get("a", 1) is None
+
+
+def test_wpt_abort_reverts_generator_books(db_factory):
+    # WPT IndexedDB/transaction-abort-generator-revert.html ("books" store
+    # whose generator stands at 345679 after an explicit key 345678)
+    db = db_factory()
+    db.create_object_store("books", "isbn", auto_increment=True)
+    db.put("books", {"isbn": 345678, "title": "Bedrock Nights"})
+    tx = db.transaction(["books"], "readwrite")
+    assert tx.put("books", {"title": "Bedrock Nights II", "author": "Barney"}) == 345679
+    tx.abort()
+    db = db_factory()                                  # reverted, also on disk
+    with db.transaction(["books"], "readwrite") as tx:
+        assert tx.put("books", {"title": "again"}) == 345679
+
+
+def test_readonly_not_blocked_by_open_writer(two):
+    two.put("a", {"id": 1, "u": 1})
+    rw = two.transaction(["a"], "readwrite")
+    rw.put("a", {"id": 2, "u": 2})
+    result = []
+    t = threading.Thread(target=lambda: result.append(two.count("a")))
+    t.start()
+    t.join(5)
+    assert result == [1]
+    rw.commit()
+    assert two.count("a") == 2
