@@ -359,7 +359,7 @@ cdef object _MISSING = object()
 cdef object extract_path(object doc, tuple parts):
     cdef object v = doc
     for p in parts:
-        if type(v) is not dict:
+        if not isinstance(v, dict):
             return _MISSING
         v = (<dict>v).get(p, _MISSING)
         if v is _MISSING:
@@ -393,9 +393,9 @@ def index_keys(object doc, tuple parts_list, bint multi_entry):
         v = extract_path(doc, <tuple>parts_list[0])
         if v is _MISSING:
             return ()
-        if multi_entry and type(v) is list:
+        if multi_entry and (type(v) is list or type(v) is tuple):
             out = set()
-            for e in <list>v:
+            for e in v:
                 enc = try_encode_c(e)
                 if enc is not None:
                     out.add(enc)
@@ -429,3 +429,25 @@ def encode_primary(object key) -> bytes:
     if b"\x00\xff" in enc and has_nul(key):
         raise DataError("string primary keys must not contain \\x00")
     return enc
+
+
+cdef int _check_names(object v, int depth) except -1:
+    if depth > 1000:
+        raise DataError("the document nests too deep")
+    if isinstance(v, dict):
+        for k, x in (<dict>v).items():
+            if type(k) is not str:
+                raise DataError(f"object keys must be str, not {type(k).__name__} ({k!r})")
+            _check_names(x, depth + 1)
+    elif type(v) is list or type(v) is tuple:
+        for x in v:
+            _check_names(x, depth + 1)
+    return 0
+
+
+def check_document(object doc):
+    """DataError unless doc is a dict whose objects, at every depth, have
+    str keys only (what JSON can hold, so key paths see what is stored)."""
+    if not isinstance(doc, dict):
+        raise DataError(f"a document must be a JSON object (dict), not {type(doc).__name__}")
+    _check_names(doc, 0)

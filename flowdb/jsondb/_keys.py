@@ -75,7 +75,7 @@ def extract(doc, parts):
     """The value at the key path `parts` in doc, or MISSING."""
     v = doc
     for p in parts:
-        if type(v) is not dict:
+        if not isinstance(v, dict):
             return MISSING
         v = v.get(p, MISSING)
         if v is MISSING:

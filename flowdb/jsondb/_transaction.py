@@ -63,9 +63,7 @@ def load_doc(raw):
         return json.loads(raw)
 
 
-def _check_doc(doc):
-    if not isinstance(doc, dict):
-        raise DataError(f"a document must be a JSON object (dict), not {type(doc).__name__}")
+from flowdb._core.idbkey import check_document as _check_doc  # noqa: E402
 
 
 class Transaction:

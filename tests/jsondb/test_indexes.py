@@ -117,3 +117,22 @@ def test_index_order_then_primary_key(s):
         [("b", 3), ("b", 1), ("a", 2), (5, 0)]
     assert [d["id"] for d in s.get_all("s", KeyRange.only("b"), index="v")] == [1, 3]
     assert s.count("s", KeyRange.lower_bound("a"), index="v") == 3
+
+
+def test_tuples_and_dict_subclasses_index_as_stored(s):
+    import collections
+    s.create_index_on("s", "t", "tags", multi_entry=True)
+    s.create_index_on("s", "d", "o.p")
+    s.put("s", collections.OrderedDict(id=1, tags=("a", "b"), o=collections.OrderedDict(p=5)))
+    assert entries(s, "s", "t") == [("a", 1), ("b", 1)] and entries(s, "s", "d") == [(5, 1)]
+    s.put("s", {"id": 1, "tags": ["b"]})                # update sees the stored list
+    assert entries(s, "s", "t") == [("b", 1)] and entries(s, "s", "d") == []
+
+
+def test_non_str_object_keys_refused(s):
+    from flowdb import DataError
+    with pytest.raises(DataError):
+        s.put("s", {"id": 1, "o": {1: "x"}})
+    with pytest.raises(DataError):
+        s.put("s", {"id": 1, "l": [{"a": {(1,): 2}}]})
+    assert s.count("s") == 0
