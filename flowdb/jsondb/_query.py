@@ -34,7 +34,7 @@ import math
 from flowdb._errors import DataError
 from flowdb.jsondb import _keys, _typed
 from flowdb.jsondb._keyrange import KeyRange
-from flowdb.jsondb._transaction import TransactionMode
+from flowdb.jsondb._transaction import TransactionMode, load_doc
 
 ESTIMATE_CAP = 1000
 
@@ -167,15 +167,18 @@ class QueryBuilder:
         oidx = plain.get(self._order[0]) if self._order is not None else None
         walk_ok = oidx is not None and self._limit is not None
         need = self._offset + (self._limit or 0)
-        total = tx._count_of(meta) if walk_ok else 0
-        # walking the order index costs about need * total / est documents,
-        # the candidate est: count the candidate up to where walking wins
-        cap = max(ESTIMATE_CAP, math.isqrt(need * total) + 1) if walk_ok else ESTIMATE_CAP
+        total = 0
+        cap = ESTIMATE_CAP
         best = None                                 # (estimate, clause, idx, ranges)
         if len(cands) == 1 and (not walk_ok or cands[0][1] is oidx):
             best = (None,) + cands[0]
-        else:
-            for c, idx, ranges in cands:
+        elif cands:
+            if walk_ok:
+                # walking the order index reads about need * total / est
+                # documents, the candidate est: count up to where walking wins
+                total = tx._count_of(meta)
+                cap = max(ESTIMATE_CAP, math.isqrt(need * total) + 1)
+            for c, idx, ranges in cands:  # noqa: B007
                 limit = cap if best is None else min(cap, best[0])
                 est = _count(tx, ranges, limit)
                 if best is None or est < best[0] or (est == best[0] and idx is oidx):
@@ -235,11 +238,12 @@ class QueryBuilder:
         """(pk bytes, doc) in the plan's order."""
         meta = plan["meta"]
         idx = plan["index"]
+        load = load_doc
         if idx is None:
             p = meta.docs_prefix
             n = len(p)
             for k, v in tx._iter_range(p, _keys.successor(p)):
-                yield k[n:], _load(v)
+                yield k[n:], load(v)
             return
         desc = plan["ordered"] and self._order[2] is SortDir.DESC
         seen = set() if len(plan["ranges"]) > 1 else None
@@ -250,15 +254,17 @@ class QueryBuilder:
         else:
             entries = (kv for lo, hi in ranges for kv in tx._iter_range(lo, hi))
         pk_of = idx.pk_of
+        get_raw = tx._get_raw
+        docs = meta.docs_prefix
         for k, v in entries:
             pk = pk_of(k, v)
             if seen is not None:
                 if pk in seen:
                     continue
                 seen.add(pk)
-            raw = tx._get_raw(meta.docs_prefix + pk)
+            raw = get_raw(docs + pk)
             if raw is not None:
-                yield pk, _load(raw)
+                yield pk, load(raw)
 
     def _run(self, tx):
         plan = self._plan(tx)
@@ -267,8 +273,9 @@ class QueryBuilder:
         stop = None if self._limit is None else self._offset + self._limit
         if stop == 0:
             return []
-        matches = ((pk, d) for pk, d in self._source(tx, plan)
-                   if all(c.match(d) for c in clauses))
+        matches = self._source(tx, plan)
+        if clauses:
+            matches = ((pk, d) for pk, d in matches if all(c.match(d) for c in clauses))
         if self._order is not None and not plan["ordered"]:
             parts = self._order[1]
             keyed = []
@@ -283,10 +290,8 @@ class QueryBuilder:
             else:
                 keyed.sort(key=lambda t: t[0], reverse=desc)
             return [d for _, d in keyed[start:stop]]
-        if self._order is not None:
-            parts = self._order[1]
-            matches = ((pk, d) for pk, d in matches
-                       if _keys.try_encode(_keys.extract(d, parts)) is not None)
+        # ordered: the documents come from the order_by index, so each has a
+        # valid key there
         out = []
         for i, (_, d) in enumerate(matches):
             if i >= start:
@@ -306,6 +311,3 @@ def _count(tx, ranges, limit):
     return n
 
 
-def _load(raw):
-    from flowdb.jsondb._transaction import load_doc
-    return load_doc(raw)
