@@ -32,6 +32,7 @@ from libc.stdint cimport uint8_t, uint64_t, uint32_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 
+from flowdb._core.record cimport Record, make_record
 from flowdb._errors import CorruptionError, DataError
 
 TYPE_NUMBER = 0x21
@@ -451,3 +452,20 @@ def check_document(object doc):
     if not isinstance(doc, dict):
         raise DataError(f"a document must be a JSON object (dict), not {type(doc).__name__}")
     _check_names(doc, 0)
+
+
+def split_writes(list keys, dict writes, long long expire_at):
+    """(records, deletes) of a transaction's overlay: for each key of
+    `keys` (engine keys, already checked to be 1..65535 bytes), a Record
+    (ts 0) when writes[key] is bytes, a (key, 0) delete when it is None.
+    The batch encoder validates the records again."""
+    cdef list records = []
+    cdef list deletes = []
+    cdef object v
+    for k in keys:
+        v = writes[k]
+        if v is None:
+            deletes.append((k, 0))
+        else:
+            records.append(make_record(<bytes>k, 0, <bytes>v, expire_at))
+    return records, deletes

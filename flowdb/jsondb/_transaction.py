@@ -19,6 +19,7 @@ import json
 
 import ujson
 
+from flowdb._core import idbkey
 from flowdb._core.record import NEVER, Record
 from flowdb._errors import (ConstraintError, DataError, NotFoundError, ReadOnlyError,
                             TransactionInactiveError)
@@ -27,6 +28,7 @@ from flowdb.jsondb import _keys
 from flowdb.jsondb._keyrange import KeyRange, as_range
 
 index_keys = _keys.index_keys
+_split_writes = idbkey.split_writes
 
 _ABSENT = object()
 _MAX_KEY = 65535
@@ -140,15 +142,9 @@ class Transaction:
             self._locked = ()
 
     def _write(self):
-        records, deletes = [], []
         writes = self._writes
         srt = self._sorted_keys()
-        for key in srt:
-            v = writes[key]
-            if v is None:
-                deletes.append((key, 0))
-            else:
-                records.append(Record(key, 0, v, NEVER))
+        records, deletes = _split_writes(srt, writes, NEVER)
         for sid, n in self._counts.items():
             records.append(Record(_keys.count_key(sid), 0, str(n).encode(), NEVER))
         for sid, n in self._gens.items():
