@@ -196,7 +196,9 @@ class Transaction:
             if self._cleared and self._in_cleared(key):
                 return None
         rec = self._reader.get(key, 0)
-        return None if rec is None else rec.value
+        if rec is None:
+            return None
+        return rec.value
 
     def _set(self, key, value):
         writes = self._writes
@@ -271,7 +273,10 @@ class Transaction:
 
     def put(self, store, doc):
         """Insert or replace by primary key; returns the key."""
-        return self._put(self._store(store, True), doc, True, False)
+        meta = self._metas.get(store) if self._rw and self._active else None
+        if meta is None:
+            meta = self._store(store, True)     # raises the right error
+        return self._put(meta, doc, True, False)
 
     def add(self, store, doc):
         """As put, but ConstraintError if the key exists."""
@@ -305,7 +310,8 @@ class Transaction:
         if len(dkey) > _MAX_KEY:
             raise DataError("the primary key is too long")
         raw = dump_doc(doc)
-        old_raw = self._get_raw(dkey)
+        get_raw = self._get_raw
+        old_raw = get_raw(dkey)
         if old_raw is not None and not overwrite:
             raise ConstraintError(f"a document with key {key!r} already exists in {meta.name!r}")
         old_doc = None if old_raw is None else load_doc(old_raw)
@@ -329,7 +335,7 @@ class Transaction:
                 if len(idx.prefix) + len(k) + len(pk) > _MAX_KEY:
                     raise DataError(f"the key of index {idx.name!r} is too long")
                 if idx.unique:
-                    other = self._get_raw(idx.prefix + k)
+                    other = get_raw(idx.prefix + k)
                     if other is not None and other != pk:
                         raise ConstraintError(
                             f"unique index {idx.name!r} of {meta.name!r} already has key "
