@@ -31,9 +31,7 @@ import enum
 import heapq
 import math
 
-from flowdb._errors import DataError
 from flowdb.jsondb import _keys, _typed
-from flowdb.jsondb._keyrange import KeyRange
 from flowdb.jsondb._transaction import TransactionMode, load_doc
 
 ESTIMATE_CAP = 1000

@@ -4,9 +4,7 @@ Follows WPT IndexedDB/keyorder.htm (key order across and within types),
 IndexedDB/key_invalid.htm and IndexedDB/key_valid.html (which values are
 keys), each encoding against a plain-Python reference comparison.
 """
-import functools
 import math
-import struct
 
 import pytest
 from hypothesis import given, strategies as st

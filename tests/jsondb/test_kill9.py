@@ -13,8 +13,8 @@ import pytest
 
 from flowdb import SyncMode
 from flowdb.jsondb import JsonDB, _keys
+from helpers.common import child_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STORES = ("checking", "savings")
 N = 10
 TOTAL = 2 * N * 100
@@ -83,7 +83,7 @@ def run(tmp_path, rounds, seed):
                 tx.put(s, {"id": i, "num": 1000 + i, "balance": 100, "tags": []})
     db.shutdown()
     rnd = random.Random(seed)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()                      # the child imports the same flowdb
     for r in range(rounds):
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(seed * 1000 + r)],
                                  stdout=subprocess.PIPE, env=env)
