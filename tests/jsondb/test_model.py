@@ -8,8 +8,11 @@ order; the same after reopen.
 import shutil
 import tempfile
 
+import pytest
+
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, rule,
+                                 run_state_machine_as_test)
 
 from flowdb import ConstraintError, SyncMode
 from flowdb.jsondb import JsonDB, _keys
@@ -218,3 +221,10 @@ class Model(RuleBasedStateMachine):
 Model.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow])
 TestJsonDBModel = Model.TestCase
+
+
+@pytest.mark.slow
+def test_model_long():
+    run_state_machine_as_test(Model, settings=settings(
+        max_examples=400, stateful_step_count=50, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
