@@ -69,6 +69,15 @@ class JsonDB:
         if self._closed:
             raise InvalidStateError("the database has been shut down")
 
+    def _check_schema_change(self):
+        # Lock order is schema lock -> store lock.  A thread that holds a
+        # store lock (inside a read-write transaction) and waited for the
+        # schema lock could deadlock with a schema change waiting for its
+        # store, so it is refused instead.
+        self._check_open()
+        if threading.get_ident() in self._owners.values():
+            raise InvalidStateError("schema changes cannot run inside a read-write transaction")
+
     # ---- locks and transactions -------------------------------------------------
 
     def _acquire(self, names):
@@ -157,7 +166,7 @@ class JsonDB:
 
     def create_object_store(self, name, key_path, auto_increment=False):
         """ConstraintError if it exists; DataError for a bad key path."""
-        self._check_open()
+        self._check_schema_change()
         if not isinstance(name, str):
             raise TypeError(f"a store name must be a str, not {type(name).__name__}")
         if not name:
@@ -174,7 +183,7 @@ class JsonDB:
 
     def delete_object_store(self, name):
         """Remove the store, its documents and indexes (one atomic batch)."""
-        self._check_open()
+        self._check_schema_change()
         with self._schema_lock:
             meta = self._store_meta(name)
             locked = self._acquire([name])
@@ -196,7 +205,7 @@ class JsonDB:
     def create_index(self, store, name, key_paths, unique=False, multi_entry=False):
         """Create an index and index the existing documents; a unique
         violation raises ConstraintError and leaves no index."""
-        self._check_open()
+        self._check_schema_change()
         if not isinstance(name, str) or not name:
             raise DataError(f"{name!r} is not a valid index name")
         key_paths = check_index_def(key_paths, multi_entry)
@@ -237,7 +246,7 @@ class JsonDB:
         self.create_index(store, name, [key_path], unique, multi_entry)
 
     def delete_index(self, store, name):
-        self._check_open()
+        self._check_schema_change()
         with self._schema_lock:
             meta = self._store_meta(store)
             meta.index(name)
@@ -270,7 +279,7 @@ class JsonDB:
 
     def apply_schemas(self, definitions):
         """apply_store for each; every conflict is found before anything changes."""
-        self._check_open()
+        self._check_schema_change()
         defs = [as_store_def(d) for d in definitions]
         with self._schema_lock:
             for d in defs:

@@ -212,3 +212,27 @@ def test_readonly_not_blocked_by_open_writer(two):
     assert result == [1]
     rw.commit()
     assert two.count("a") == 2
+
+
+def test_schema_change_inside_readwrite_transaction_refused(two):
+    from flowdb import InvalidStateError
+    with two.transaction(["a"], "readwrite") as tx:
+        tx.put("a", {"id": 1, "u": 1})
+        for call in (lambda: two.create_object_store("c", "id"),
+                     lambda: two.create_index_on("b", "i", "x"),
+                     lambda: two.delete_object_store("b")):
+            with pytest.raises(InvalidStateError):
+                call()
+    assert two.store_names() == ["a", "b"] and two.count("a") == 1
+
+
+def test_schema_change_waits_for_writer(two):
+    tx = two.transaction(["a"], "readwrite")
+    tx.put("a", {"id": 1, "u": "x", "v": 5})
+    t = threading.Thread(target=lambda: two.create_index_on("a", "v", "v"))
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()                                # waits for the store's writer
+    tx.commit()
+    t.join(5)
+    assert two.get_by_index("a", "v", 5) == [{"id": 1, "u": "x", "v": 5}]
