@@ -75,7 +75,10 @@ class JsonDB:
         # schema lock could deadlock with a schema change waiting for its
         # store, so it is refused instead.
         self._check_open()
-        if threading.get_ident() in self._owners.values():
+        me = threading.get_ident()
+        with self._mutex:
+            held = me in self._owners.values()
+        if held:
             raise InvalidStateError("schema changes cannot run inside a read-write transaction")
 
     # ---- locks and transactions -------------------------------------------------
@@ -91,7 +94,8 @@ class JsonDB:
                             f"this thread already has a read-write transaction on {n!r}")
                     lock = self._locks.setdefault(n, threading.Lock())
                 lock.acquire()
-                self._owners[n] = me
+                with self._mutex:
+                    self._owners[n] = me
                 taken.append(n)
         except BaseException:
             self._release(taken)
@@ -100,7 +104,8 @@ class JsonDB:
 
     def _release(self, names):
         for n in names:
-            self._owners.pop(n, None)
+            with self._mutex:
+                self._owners.pop(n, None)
             self._locks[n].release()
 
     def transaction(self, stores, mode=TransactionMode.READ_ONLY):
