@@ -26,7 +26,10 @@ class JsonDB:
     def __init__(self, engine):
         self._engine = engine
         self._closed = False
-        self._mutex = threading.Lock()          # lock table, catalog publication
+        # lock table, owners, catalog publication; an RLock because a
+        # transaction garbage-collected while active releases its locks from
+        # __del__, which may run in a thread that holds it
+        self._mutex = threading.RLock()
         self._schema_lock = threading.RLock()   # one schema change at a time
         self._locks = {}                        # store name -> Lock
         self._owners = {}                       # store name -> thread ident
