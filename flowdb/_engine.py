@@ -43,6 +43,7 @@ from flowdb._errors import FlowError, InvalidStateError, NotFoundError
 from flowdb._fileio import DirLock, fsync_dir, parse_name, table_name
 from flowdb import _compaction as _policy
 from flowdb._manifest import Manifest
+from flowdb._time_index import TimeIndex
 from flowdb._metrics import render_metrics
 from flowdb._query import ScanRange
 from flowdb._stats import EngineStats, LatencyHistogram
@@ -344,6 +345,7 @@ class Engine:
         self._mutex = threading.Lock()
         self._patch_lock = threading.Lock()
         self._compact_lock = threading.Lock()   # serialises compactions and GC
+        self._time_index = TimeIndex(cfg.time_bucket_secs)   # guarded by _mutex
         self._stall_runs = _policy.stall_runs(cfg)
         self._target_file_size = min(_MAX_TARGET_BYTES, max(_MIN_TARGET_BYTES, 2 * self._memtable_limit))
         self._write_cv = threading.Condition(threading.Lock())
@@ -372,6 +374,7 @@ class Engine:
         self._compaction_bytes_out = 0
         self._compaction_ns = 0
         self._stalls = 0
+        self._tables_skipped_by_time_index = 0
         self._write_hist = LatencyHistogram()
         self._query_hist = LatencyHistogram()
         self._flush_hist = LatencyHistogram()
@@ -388,6 +391,8 @@ class Engine:
             # run_id 0 (stores written before runs existed): a run of its own.
             groups.setdefault(run_id or -number, []).append(reader)
         self._view = _View(MemTable(), (), _order_runs(groups.values()))
+        for t in self._view.tables:
+            self._time_index.add(t)
         log.info("opened %s: %d tables in %d runs", self._dir, len(self._view.tables),
                  len(self._view.runs))
         # Replay the WAL into memtables past flushed_seq, flushing as they fill.
@@ -751,6 +756,8 @@ class Engine:
                 v = self._view
                 runs = (((reader,),) if reader else ()) + v.runs
                 self._view = _View(v.mem, v.frozen[:-1], runs)
+                if reader is not None:
+                    self._time_index.add(reader)
                 self._room_cv.notify_all()
             self._table_bytes_written += reader.file_size if reader else 0
             self._flushes += 1
@@ -895,6 +902,12 @@ class Engine:
                 raise AssertionError("compaction inputs vanished from the view")
             assert all(runs[i + j] is r for j, r in enumerate(old_runs))
             self._view = _View(v.mem, v.frozen, runs[:i] + tuple(new_runs) + runs[i + len(old_runs):])
+            for r in old_runs:
+                for t in r:
+                    self._time_index.remove(t)
+            for r in new_runs:
+                for t in r:
+                    self._time_index.add(t)
 
     def _retire(self, tables):
         """After the view swap: forget cached blocks and unlink the files.
@@ -1033,11 +1046,29 @@ class Engine:
         if not isinstance(opts, ReadOptions):
             raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
         keys = range.keys
-        cursor = _read.Cursor(view.sources, view.range_dels(), seq, _now_us(),
+        sources = view.sources
+        if (range.ts_start > INT64_MIN or range.ts_end < INT64_MAX) and view.tables:
+            sources = self._time_sources(view, range.ts_start, range.ts_end)
+        cursor = _read.Cursor(sources, view.range_dels(), seq, _now_us(),
                               keys.prefix_bytes, keys.start, keys.end,
                               range.ts_start, range.ts_end,
                               opts.fill_cache, opts.verify_checksums)
         return ScanIterator(self, view, cursor)
+
+    def _time_sources(self, view, ts_lo, ts_hi):
+        """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
+
+        Memtables always; a table if the time index has a block of it in a
+        bucket the range touches, or if the index does not know it (a table
+        of an older, pinned view).  Order is kept: recency order matters."""
+        index = self._time_index
+        with self._mutex:
+            cands = index.candidates(ts_lo, ts_hi)
+            if cands is None:
+                return view.sources
+            keep = [t for t in view.tables if t.file_number in cands or not index.knows(t.file_number)]
+        self._tables_skipped_by_time_index += len(view.tables) - len(keep)
+        return view.sources[:1 + len(view.frozen)] + keep
 
     def scan_prefix(self, prefix) -> ScanIterator:
         return self.scan(ScanRange.prefix(prefix))
@@ -1092,8 +1123,8 @@ class Engine:
             sstable_count=len(tables),
             sstable_bytes=stored,
             wal_bytes=self._wal.bytes_written,
-            block_meta_index_entries=sum(len(t.block_meta()) for t in tables),
-            time_index_buckets=0,
+            block_meta_index_entries=sum(t.num_data_blocks for t in tables),
+            time_index_buckets=self._time_index.num_buckets,
             block_cache_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             compression_ratio=raw / stored if stored else 0.0,
             write_latency_p50_us=w.percentile(50), write_latency_p90_us=w.percentile(90),
