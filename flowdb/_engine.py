@@ -1139,4 +1139,28 @@ class Engine:
     def metrics_text(self) -> str:
         """Prometheus text exposition of stats(), every name prefixed flowdb_."""
         return render_metrics(self.stats(), {"write": self._write_hist, "query": self._query_hist,
-                                             "flush": self._flush_hist})
+                                             "flush": self._flush_hist}, self._maintenance_metrics())
+
+    def _maintenance_metrics(self):
+        """Figures beyond EngineStats: [(name, type, help, value)] (flowdb._metrics)."""
+        ingested = self._bytes_written
+        return [
+            ("sstable_bytes_written_total", "counter",
+             "Bytes written to SSTables by flushes and compactions.", self._table_bytes_written),
+            ("compaction_bytes_read_total", "counter", "Bytes of SSTables read by compactions.",
+             self._compaction_bytes_read),
+            ("compaction_bytes_written_total", "counter", "Bytes of SSTables written by compactions.",
+             self._compaction_bytes_out),
+            ("compaction_seconds_total", "counter", "Seconds spent in compactions.",
+             self._compaction_ns / 1e9),
+            ("write_stalls_total", "counter", "Commits slowed because compaction was behind.",
+             self._stalls),
+            ("time_index_tables_skipped_total", "counter",
+             "Tables a time-range read skipped through the time index.",
+             self._tables_skipped_by_time_index),
+            ("sstable_runs", "gauge", "Sorted runs of SSTables (the compaction policy's unit).",
+             len(self._view.runs)),
+            ("write_amplification", "gauge",
+             "Bytes written to SSTables over key and value bytes ingested (0 before any).",
+             self._table_bytes_written / ingested if ingested else 0.0),
+        ]
