@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -125,7 +126,7 @@ def test_compaction_outputs_are_cut_at_the_target_size(engine_factory):
     e = engine_factory(memtable_size_mb=0.05, block_size=1024)
     assert e._target_file_size == 2 * int(0.05 * 1024 * 1024)
     for b in range(10):
-        e.write_batch([Record(b"key-%05d" % i, b, b"v" * 100) for i in range(200)])
+        e.write_batch([Record(b"key-%05d" % i, b, os.urandom(100)) for i in range(200)])
         e.flush()
     while e.trigger_compaction():
         pass
