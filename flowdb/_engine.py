@@ -373,6 +373,7 @@ class Engine:
         self._compaction_bytes_read = 0
         self._compaction_bytes_out = 0
         self._compaction_ns = 0
+        self._compaction_entries_in = 0
         self._stalls = 0
         self._tables_skipped_by_time_index = 0
         self._write_hist = LatencyHistogram()
@@ -880,6 +881,7 @@ class Engine:
         self._compaction_bytes_out += written
         elapsed = time.perf_counter_ns() - started
         self._compaction_ns += elapsed
+        self._compaction_entries_in += stats["entries_in"]
         self._compactions += 1
         self._expired_dropped += stats["dropped_expired"]
         log.info("compacted %d runs (%d tables, %d bytes%s) into %d tables (%d bytes) in %.1f ms; "
