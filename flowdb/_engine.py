@@ -916,6 +916,7 @@ class Engine:
 
         Views still pinned (snapshots, scans) read on through open fds."""
         for t in tables:
+            t.detach_cache()
             self._cache.erase_file(t.file_number)
             try:
                 os.unlink(t.path)

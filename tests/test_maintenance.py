@@ -323,3 +323,19 @@ def test_flush_compaction_gc_and_recovery_are_logged(engine_factory, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "flowdb")
     for word in ("flushed", "compacted", "GC purged", "opened"):
         assert word in text, word
+
+
+def test_pinned_scan_of_a_compacted_table_does_not_refill_the_cache(engine_factory):
+    e = engine_factory(block_size=256)
+    for i in range(3):
+        e.write_batch([Record(b"k%03d" % j, i, b"v" * 50) for j in range(100)])
+        e.flush()
+    with e.snapshot() as snap:
+        it = snap.scan(ScanRange.all())
+        next(it)
+        old = {t.file_number for t in e._view.tables}
+        assert e.trigger_compaction()
+        assert len(list(it)) == 299
+    live = {t.file_number for t in e._view.tables}
+    cached = {f for f, _off in e._cache.keys()}
+    assert not (cached & old) and cached <= live

@@ -72,19 +72,24 @@ class Soak:
     def deleter(self, i):
         rng = random.Random(100 + i)
         while not self.stop.is_set():
-            time.sleep(0.002)
+            time.sleep(0.01)
             with self.lock:
                 cands = [k for k, exp in self.written.items() if exp == 2**63 - 1 and k not in self.deleted]
             if not cands:
                 continue
-            # Delete most permanent batches (bounded data), oldest first.
-            cands.sort(key=lambda k: k[1])
-            for w, ts in cands[:rng.randrange(1, 6)]:
+            # Delete permanent batches once they are 0.5 s old (so the live
+            # data stays bounded), a few at random before that.
+            old = now_us() - SEC // 2
+            pick = [k for k in cands if k[1] < old] + rng.sample(cands, min(len(cands), 2))
+            pick = list(dict.fromkeys(pick))
+            for i in range(0, len(pick), 50):
+                chunk = pick[i:i + 50]
                 with self.lock:
-                    self.deleting.add((w, ts))     # may be gone from reads from now on
-                self.e.delete_batch([(b"w%d-%02d" % (w, j), ts) for j in range(PER_BATCH)])
+                    self.deleting.update(chunk)    # may be gone from reads from now on
+                self.e.delete_batch([(b"w%d-%02d" % (w, j), ts) for w, ts in chunk
+                                     for j in range(PER_BATCH)])
                 with self.lock:
-                    self.deleted.add((w, ts))
+                    self.deleted.update(chunk)
             # Forget batches that can no longer appear (deleted, or long expired).
             horizon = now_us() - 5 * SEC
             with self.lock:

@@ -759,6 +759,16 @@ cdef class TableReader(Source):
         cdef const unsigned char *p = ukey
         return bool(self.may_contain(p, len(ukey)))
 
+    def detach_cache(self):
+        """Stop using the block cache (lookups and inserts) from now on.
+
+        The engine calls it when the table leaves the tree, before it erases
+        the table's blocks from the cache: iterators of pinned views that
+        still read the table then no longer refill the cache with blocks
+        nobody else will ask for.  An iterator re-reads the field with the
+        GIL right before each insert, so none slips in after the erase."""
+        self.block_cache = None
+
     def block_meta(self):
         """[(offset, size, min_ts, max_ts, min_expire_at, max_expire_at)] per data block."""
         cdef size_t i
@@ -885,6 +895,7 @@ cdef class TableIterator(Iterator):
         if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
                             len(data)) != FDB_OK:
             return self._fail(FDB_ERR_CORRUPTION, self._block_error())
+        cache = r.block_cache               # None once the table is retired (detach_cache)
         if from_file and self.fill_cache and self.verify_checksums and cache is not None:
             meta.data_end = self.st.blk.data_end
             meta.num_restarts = self.st.blk.num_restarts
