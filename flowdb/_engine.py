@@ -165,6 +165,7 @@ class MaintenanceHandle:
             if self._stop.is_set():
                 break
             engine._flush_frozen()
+            engine._enforce_meta_budget()
             now = time.monotonic()
             if now >= next_flush:
                 next_flush = now + period
@@ -346,6 +347,8 @@ class Engine:
         self._patch_lock = threading.Lock()
         self._compact_lock = threading.Lock()   # serialises compactions and GC
         self._time_index = TimeIndex(cfg.time_bucket_secs)   # guarded by _mutex
+        self._meta_budget = int(cfg.index_memory_budget_mb * _MIB)
+        self._meta_releases = 0
         self._stall_runs = _policy.stall_runs(cfg)
         self._target_file_size = min(_MAX_TARGET_BYTES, max(_MIN_TARGET_BYTES, 2 * self._memtable_limit))
         self._write_cv = threading.Condition(threading.Lock())
@@ -394,6 +397,7 @@ class Engine:
         self._view = _View(MemTable(), (), _order_runs(groups.values()))
         for t in self._view.tables:
             self._time_index.add(t)
+        self._enforce_meta_budget()
         log.info("opened %s: %d tables in %d runs", self._dir, len(self._view.tables),
                  len(self._view.runs))
         # Replay the WAL into memtables past flushed_seq, flushing as they fill.
@@ -761,6 +765,7 @@ class Engine:
                     self._time_index.add(reader)
                 self._room_cv.notify_all()
             self._table_bytes_written += reader.file_size if reader else 0
+            self._enforce_meta_budget()
             self._flushes += 1
             self._flush_hist.record((time.perf_counter_ns() - started) // 1000)
             log.info("flushed %d entries to %s", mem.num_entries,
@@ -875,6 +880,7 @@ class Engine:
                                 delete=[t.file_number for t in tables])
         self._install(inputs, (readers,) if readers else ())
         self._retire(tables)
+        self._enforce_meta_budget()
         written = sum(r.file_size for r in readers)
         self._table_bytes_written += written
         self._compaction_bytes_read += sum(t.file_size for t in tables)
@@ -910,6 +916,27 @@ class Engine:
             for r in new_runs:
                 for t in r:
                     self._time_index.add(t)
+
+    def _enforce_meta_budget(self):
+        """Keep the block indexes and bloom filters within index_memory_budget_mb.
+
+        Past the budget, the tables of the oldest runs release theirs
+        (TableReader.release_meta); a table loads them again on its next
+        read, through the block cache.  Called after every flush and
+        compaction and on every tick of the flush thread, so the budget can
+        be overshot only by what reads reload between two calls."""
+        tables = self._view.tables
+        total = sum(t.meta_bytes for t in tables)
+        if total <= self._meta_budget:
+            return 0
+        freed = 0
+        for t in reversed(tables):             # oldest first
+            if total - freed <= self._meta_budget:
+                break
+            freed += t.release_meta()
+        self._meta_releases += 1
+        log.debug("released %d bytes of table indexes and blooms (budget %d)", freed, self._meta_budget)
+        return freed
 
     def _retire(self, tables):
         """After the view swap: forget cached blocks and unlink the files.
@@ -1126,7 +1153,7 @@ class Engine:
             sstable_count=len(tables),
             sstable_bytes=stored,
             wal_bytes=self._wal.bytes_written,
-            block_meta_index_entries=sum(t.num_data_blocks for t in tables),
+            block_meta_index_entries=sum(t.num_data_blocks for t in tables if t.meta_loaded),
             time_index_buckets=self._time_index.num_buckets,
             block_cache_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             compression_ratio=raw / stored if stored else 0.0,
@@ -1161,6 +1188,12 @@ class Engine:
             ("time_index_tables_skipped_total", "counter",
              "Tables a time-range read skipped through the time index.",
              self._tables_skipped_by_time_index),
+            ("table_meta_bytes", "gauge",
+             "Bytes of block indexes and bloom filters in memory (bounded by index_memory_budget_mb).",
+             sum(t.meta_bytes for t in self._view.tables)),
+            ("table_meta_reloads", "gauge",
+             "Indexes and blooms the live tables loaded again on demand after the budget released them.",
+             sum(t.meta_loads for t in self._view.tables)),
             ("sstable_runs", "gauge", "Sorted runs of SSTables (the compaction policy's unit).",
              len(self._view.runs)),
             ("write_amplification", "gauge",

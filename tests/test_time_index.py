@@ -131,3 +131,26 @@ def test_one_percent_window_reads_under_ten_percent_of_blocks(engine_factory):
         assert len(got) == 50 * 10
         assert read < 0.10 * total_blocks, (compacted, read, total_blocks)
         e.trigger_compaction()
+
+
+def test_index_memory_budget_releases_and_reloads_on_demand(engine_factory):
+    e = engine_factory(index_memory_budget_mb=0.004, block_size=256, time_bucket_secs=1)
+    _fill(e, 6, 120, -SEC, SEC // 20, value_size=40, flush_every=10)
+    tables = e._view.tables
+    assert len(tables) >= 6
+    assert sum(t.meta_bytes for t in tables) <= 0.004 * 2**20
+    released = [t for t in tables if not t.meta_loaded]
+    assert released and e.stats().block_meta_index_entries < sum(t.num_data_blocks for t in tables)
+    want = recs(e.query(ScanRange.all()))
+    assert len(want) == 6 * 120
+    it = e.scan(ScanRange.all())
+    head = [next(it) for _ in range(5)]
+    assert any(t.meta_loads for t in released)            # the scan loaded them again
+    e._enforce_meta_budget()                               # released under the open scan
+    assert recs(head) + recs(it) == want
+    _check_ranges(e, [(-SEC, 0), (0, SEC), (INT64_MIN, INT64_MAX)])
+    for r in want[::37]:
+        assert e.get(r[0], r[1]).value == r[2]
+    assert e.get_latest(b"series-0003").ts == want[4 * 120 - 1][1]
+    e.trigger_compaction()
+    assert recs(e.query(ScanRange.all())) == want
