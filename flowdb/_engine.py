@@ -145,14 +145,17 @@ class MaintenanceHandle:
             t.start()
 
     def _guard(self, body):
+        backoff = 0.05
         while not self._stop.is_set():
             try:
                 body()
                 return
             except Exception as exc:  # surfaced to the next foreground call
-                log.exception("background maintenance failed in %s", threading.current_thread().name)
+                log.exception("background maintenance failed in %s; retrying in %.2f s",
+                              threading.current_thread().name, backoff)
                 self._engine._background_error = exc
-                self._stop.wait(0.05)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)     # a lasting failure does not flood the log
 
     def _run_flush(self):
         engine = self._engine

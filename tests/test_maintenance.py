@@ -339,3 +339,30 @@ def test_pinned_scan_of_a_compacted_table_does_not_refill_the_cache(engine_facto
     live = {t.file_number for t in e._view.tables}
     cached = {f for f, _off in e._cache.keys()}
     assert not (cached & old) and cached <= live
+
+
+def test_writes_reads_and_flushes_go_on_during_a_compaction(engine_factory):
+    e = engine_factory(memtable_size_mb=4)
+    for b in range(4):
+        e.write_batch([Record(b"s%04d" % j, b * 1000 + i, os.urandom(60))
+                       for i in range(50) for j in range(200)])
+        e.flush()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (e.trigger_compaction(), done.set()))
+    t.start()
+    while not e._compact_lock.locked() and not done.is_set():
+        time.sleep(0.0005)
+    during = 0
+    i = 0
+    while not done.is_set():
+        e.write_batch([Record(b"new", i, b"v")])
+        assert e.get(b"new", i).value == b"v"
+        i += 1
+        if i % 50 == 0:
+            e.flush()
+        if e._compact_lock.locked():
+            during += 1
+    t.join()
+    assert during > 0, "no write completed while the compaction ran"
+    assert len(e.query_by_prefix(b"new")) == i
+    assert len(e.query_by_prefix(b"s")) == 4 * 50 * 200
