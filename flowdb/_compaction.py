@@ -29,6 +29,14 @@ Pick rule (RocksDB "universal" style, size ratio 1):
 
 bottommost = the window includes the oldest run: no older data can exist,
 so point tombstones, expired records and range deletes are dropped there.
+
+Settled runs: a run of SETTLED_RUN_TARGETS x the target file size or more
+is no longer merged by the policy.  Time-series ingest arrives in time
+order, so runs in recency order are also in time order: a settled run
+covers one stretch of time, and when that stretch has expired its tables
+are dropped whole by GC (droppable_oldest) instead of being rewritten
+again and again.  Write amplification is bounded too: a byte is merged at
+most ~log2(SETTLED_RUN_TARGETS x 2) times.
 """
 from __future__ import annotations
 
@@ -55,26 +63,68 @@ def run_size(run) -> int:
     return sum(t.file_size for t in run)
 
 
-def pick(runs, t, limit):
+#: A run this many times the target file size is *settled*: the policy no
+#: longer merges it (docs/MAINTENANCE.md, "Settled runs").
+SETTLED_RUN_TARGETS = 32
+
+
+def settled_size(target_file_size) -> int:
+    return SETTLED_RUN_TARGETS * target_file_size
+
+
+def active_runs(runs, settled) -> int:
+    """How many runs the policy may still merge (the unsettled ones)."""
+    return sum(1 for r in runs if run_size(r) < settled)
+
+
+def pick(runs, t, limit, settled=None):
     """(start, end) of the window of runs[start:end] to merge, or None.
 
-    runs: newest first; t: the threshold; limit: the run count past which the
-    cheapest window of t runs is merged whatever the sizes.
+    runs: newest first; t: the threshold; limit: the count of unsettled
+    runs past which the cheapest window of t adjacent unsettled runs is
+    merged whatever the sizes; settled: the size at which a run is settled
+    (never part of a window; None: no run ever is).
     """
     sizes = [run_size(r) for r in runs]
     n = len(sizes)
+    free = [settled is None or s < settled for s in sizes]
     for start in range(n):
+        if not free[start]:
+            continue
         total = sizes[start]
         end = start + 1
-        while end < n and sizes[end] <= total:
+        while end < n and free[end] and sizes[end] <= total:
             total += sizes[end]
             end += 1
         if end - start >= t:
             return start, end
-    if n > limit and n >= t:
-        best = min(range(n - t + 1), key=lambda i: sum(sizes[i:i + t]))
-        return best, best + t
+    if sum(free) > limit:
+        windows = [i for i in range(n - t + 1) if all(free[i:i + t])]
+        if windows:
+            best = min(windows, key=lambda i: sum(sizes[i:i + t]))
+            return best, best + t
     return None
+
+
+def garbage_fraction(tables, now_us) -> float:
+    """Estimated share of the bytes of `tables` a bottommost merge would drop.
+
+    From metadata only: blocks whose every record has expired (per-block
+    max_expire_at), the point-tombstone share of each table, and a whole
+    table for range deletes (what they hide is unknown)."""
+    total = garbage = 0
+    for t in tables:
+        size = t.file_size
+        total += size
+        p = t.props
+        if p["num_range_dels"]:
+            garbage += size
+            continue
+        if p["min_expire_at"] <= now_us:
+            garbage += sum(b[1] for b in t.block_meta() if b[5] <= now_us)
+        if p["num_deletes"] and p["num_entries"]:
+            garbage += 2 * size * p["num_deletes"] // p["num_entries"]   # tombstone + its victim
+    return garbage / total if total else 0.0
 
 
 def droppable_oldest(runs, now_us):

@@ -56,6 +56,7 @@ _MIB = 1024 * 1024
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
+_GC_MERGE_MIN_GARBAGE = 0.2         # the GC timer merges to purge past this share of garbage
 
 
 _perf_ns = time.perf_counter_ns
@@ -354,6 +355,7 @@ class Engine:
         self._meta_releases = 0
         self._stall_runs = _policy.stall_runs(cfg)
         self._target_file_size = min(_MAX_TARGET_BYTES, max(_MIN_TARGET_BYTES, 2 * self._memtable_limit))
+        self._settled = _policy.settled_size(self._target_file_size)
         self._write_cv = threading.Condition(threading.Lock())
         self._room_cv = threading.Condition(self._mutex)   # frozen memtables drained
         self._queue = collections.deque()
@@ -592,7 +594,8 @@ class Engine:
         if count == 0:
             return
         started = time.perf_counter_ns()
-        if self._maintenance is not None and len(self._view.runs) > self._stall_runs:
+        if self._maintenance is not None and len(self._view.runs) > self._stall_runs and (
+                _policy.active_runs(self._view.runs, self._settled) > self._stall_runs):
             self._stall()
         w = _Writer(payload, count, sync)
         with self._write_cv:
@@ -632,7 +635,8 @@ class Engine:
         self._stalls += 1
         self._compact_wakeup.set()
         deadline = time.monotonic() + 0.1
-        while len(self._view.runs) > self._stall_runs and time.monotonic() < deadline:
+        while (_policy.active_runs(self._view.runs, self._settled) > self._stall_runs
+               and time.monotonic() < deadline):
             time.sleep(0.002)
 
     def _write_group(self, group):
@@ -811,7 +815,7 @@ class Engine:
         self._check_open()
         with self._compact_lock:
             runs = self._view.runs
-            window = _policy.pick(runs, _policy.threshold(self._config), _policy.max_runs(self._config))
+            window = self._pick(runs)
             if window is None and len(runs) > 1:
                 window = (0, len(runs))
             if window is None and runs and any(self._has_garbage(t, _now_us()) for t in runs[0]):
@@ -820,11 +824,15 @@ class Engine:
                 return False
             return self._compact_window(runs, *window) is not None
 
+    def _pick(self, runs):
+        cfg = self._config
+        return _policy.pick(runs, _policy.threshold(cfg), _policy.max_runs(cfg), self._settled)
+
     def _maybe_compact(self):
         """Background: one round of the policy, if it picks a window; True if it did."""
         with self._compact_lock:
             runs = self._view.runs
-            window = _policy.pick(runs, _policy.threshold(self._config), _policy.max_runs(self._config))
+            window = self._pick(runs)
             if window is None:
                 return False
             return self._compact_window(runs, *window) is not None
@@ -956,9 +964,9 @@ class Engine:
     def trigger_gc(self) -> int:
         """Physically purge expired and deleted records; returns how many."""
         self._check_open()
-        return self._gc()
+        return self._gc(explicit=True)
 
-    def _gc(self):
+    def _gc(self, explicit=False):
         """One GC run: drop whole expired tables, then purge by a bottommost merge.
 
         1. Tables of the oldest run whose every record has expired
@@ -968,7 +976,11 @@ class Engine:
         2. If a table left holds tombstones or records already expired
            (props: num_deletes, num_range_dels, min_expire_at <= now), the
            runs from the newest such one down to the oldest are merged
-           bottommost, which drops them physically.
+           bottommost, which drops them physically.  The timer (not
+           trigger_gc) does this only when the estimated garbage is at least
+           GC_MERGE_MIN_GARBAGE of those runs' bytes
+           (flowdb._compaction.garbage_fraction): a store whose retention is
+           met by step 1 is not rewritten every gc_interval_secs.
         """
         with self._compact_lock:
             self._gc_runs += 1
@@ -996,6 +1008,10 @@ class Engine:
                 if any(self._has_garbage(t, now) for t in run):
                     first = i
                     break
+            if first is not None and not explicit:
+                window = [t for r in runs[first:] for t in r]
+                if _policy.garbage_fraction(window, now) < _GC_MERGE_MIN_GARBAGE:
+                    first = None
             if first is not None:
                 stats = self._compact_window(runs, first, len(runs), force=True)
                 if stats is not None:

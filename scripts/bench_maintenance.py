@@ -35,7 +35,7 @@ from flowdb import _compaction  # noqa: E402
 from flowdb._demo import SensorWorkload  # noqa: E402
 
 
-def _full_pick(runs, t, limit):
+def _full_pick(runs, t, limit, settled=None):
     return (0, len(runs)) if len(runs) >= t else None
 
 

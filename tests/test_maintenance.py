@@ -366,3 +366,65 @@ def test_writes_reads_and_flushes_go_on_during_a_compaction(engine_factory):
     assert during > 0, "no write completed while the compaction ran"
     assert len(e.query_by_prefix(b"new")) == i
     assert len(e.query_by_prefix(b"s")) == 4 * 50 * 200
+
+
+def test_pick_never_merges_settled_runs():
+    # 100 = settled size: runs of 100 or more are left alone.
+    assert policy.pick(runs_of(10, 10, 100, 100), 2, 8, settled=100) == (0, 2)
+    assert policy.pick(runs_of(10, 100, 100), 2, 8, settled=100) is None
+    assert policy.pick(runs_of(*([1] + [100] * 20)), 2, 4, settled=100) is None
+    assert policy.pick(runs_of(1, 1000, 1, 1), 2, 2, settled=100) == (2, 4)
+
+
+def test_garbage_fraction_from_metadata(engine_factory):
+    e = engine_factory(block_size=256)
+    e.write_batch([Record(b"k%03d" % i, 1, b"v" * 40, now_us() - SEC) for i in range(100)])
+    e.write_batch([Record(b"z%03d" % i, 1, b"v" * 40) for i in range(100)])
+    e.flush()
+    g = policy.garbage_fraction(e._view.tables, now_us())
+    assert 0.3 < g < 0.7
+    assert policy.garbage_fraction(e._view.tables, 0) == 0.0
+
+
+def test_background_gc_leaves_a_store_with_little_garbage_alone(engine_factory):
+    e = engine_factory()
+    e.write_batch([Record(b"k%04d" % i, 1, os.urandom(50)) for i in range(1000)])
+    e.flush()
+    e.write_batch([Record(b"x", 1, b"v")])
+    e.flush()
+    e.delete_batch([(b"k0001", 1)])
+    e.flush()
+    before = [t.file_number for t in e._view.tables]
+    assert e._gc() == 0                                # the timer's run: 0.1% garbage
+    assert [t.file_number for t in e._view.tables] == before
+    assert e.trigger_gc() == 1                         # an explicit run purges
+    assert e.get(b"k0001", 1) is None
+
+
+def test_retention_settled_runs_expire_whole_without_rewrites(engine_factory):
+    """Time-series retention: old data settles into runs that the GC timer
+    drops whole once expired, without reading or rewriting them."""
+    e = engine_factory(compaction_threshold=2)
+    e._settled = 20_000                       # tiny, so that runs settle in a test
+    soon = now_us() + SEC // 2
+    for b in range(8):                        # old data, expiring soon
+        e.write_batch([Record(b"s%02d" % s, b * 100 + i, os.urandom(40), soon)
+                       for i in range(20) for s in range(10)])
+        e.flush()
+        while e._maybe_compact():
+            pass
+    settled = [r for r in e._view.runs if policy.run_size(r) >= e._settled]
+    assert settled, [policy.run_size(r) for r in e._view.runs]
+    for b in range(2):                        # new data, no expiry
+        e.write_batch([Record(b"s%02d" % s, 10_000 + b * 100 + i, b"new")
+                       for i in range(5) for s in range(10)])
+        e.flush()
+    time.sleep(max(0, (soon - now_us()) / 1e6) + 0.05)
+    compactions = e.stats().total_compaction_runs
+    old_tables = [t for r in settled for t in r]
+    reads = sum(t.blocks_read for t in old_tables)
+    purged = e._gc()                          # the timer's GC run
+    assert purged >= sum(t.props["num_entries"] for t in old_tables)
+    assert sum(t.blocks_read for t in old_tables) == reads
+    assert e.stats().total_compaction_runs == compactions
+    assert len(e.query(ScanRange.all())) == 2 * 5 * 10
