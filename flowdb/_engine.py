@@ -921,12 +921,14 @@ class Engine:
                 raise AssertionError("compaction inputs vanished from the view")
             assert all(runs[i + j] is r for j, r in enumerate(old_runs))
             self._view = _View(v.mem, v.frozen, runs[:i] + tuple(new_runs) + runs[i + len(old_runs):])
+            kept = {t.file_number for r in new_runs for t in r}
             for r in old_runs:
                 for t in r:
-                    self._time_index.remove(t)
+                    if t.file_number not in kept:
+                        self._time_index.remove(t)
             for r in new_runs:
                 for t in r:
-                    self._time_index.add(t)
+                    self._time_index.add(t)          # no-op for a table it knows
 
     def _enforce_meta_budget(self):
         """Keep the block indexes and bloom filters within index_memory_budget_mb.
