@@ -6,16 +6,23 @@
     reads: the current View (memtable, frozen, tables; newest first) at the
            last published sequence number, through flowdb._core.read.
 
-Concurrency rules (lock order: _write_lock -> _flush_lock -> _mutex):
+Concurrency rules (lock order: _compact_lock -> _write_lock -> _flush_lock -> _mutex):
 - One write leader at a time holds _write_lock while it writes the WAL and
   applies its group to the memtable; other writers queue on _write_cv and
   are carried by the leader's group (group commit: one fsync for all).
-- _flush_lock serialises flushes and compactions (they change the tables).
+- _flush_lock serialises flushes; a flush puts a new run in front of the view.
+- _compact_lock serialises compactions and GC runs; they hold no other lock
+  while they merge (the loop runs without the GIL in read.compact), then
+  swap exactly their input runs for the output run under _mutex.  So writes,
+  reads and flushes go on while a compaction runs.
 - _mutex guards the swap of self._view; a View is immutable, so readers take
   it with one attribute read and never lock.
 - Readers see exactly the entries with seq <= self._visible_seq, which the
   leader raises only after a whole group is in the memtable: no reader ever
   sees part of a batch.
+- Background threads (MaintenanceHandle) never raise into the void: an error
+  is logged and raised by the next foreground call.
+See docs/MAINTENANCE.md for the compaction policy, GC and the time index.
 """
 from __future__ import annotations
 
@@ -34,7 +41,9 @@ from flowdb._core.record import Record
 from flowdb._core.table import TableBuilder, TableReader, build_table
 from flowdb._errors import FlowError, InvalidStateError, NotFoundError
 from flowdb._fileio import DirLock, fsync_dir, parse_name, table_name
+from flowdb import _compaction as _policy
 from flowdb._manifest import Manifest
+from flowdb._time_index import TimeIndex
 from flowdb._metrics import render_metrics
 from flowdb._query import ScanRange
 from flowdb._stats import EngineStats, LatencyHistogram
@@ -45,7 +54,9 @@ log = logging.getLogger("flowdb")
 
 _MIB = 1024 * 1024
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
-_COMPACTION_TARGET_BYTES = 64 * _MIB  # output tables are cut at this size
+_MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
+_MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
+_GC_MERGE_MIN_GARBAGE = 0.2         # the GC timer merges to purge past this share of garbage
 
 
 _perf_ns = time.perf_counter_ns
@@ -58,16 +69,31 @@ def _now_us() -> int:
     return _time_ns() // 1000
 
 
+def _order_runs(groups):
+    """Runs newest first (by their greatest max_seq), each in key order."""
+    runs = []
+    for tables in groups:
+        tables = sorted(tables, key=lambda t: (t.props["smallest_key"] or b"", t.file_number))
+        runs.append((max(t.props["max_seq"] for t in tables), tuple(tables)))
+    runs.sort(key=lambda x: x[0], reverse=True)
+    return tuple(r for _, r in runs)
+
+
 class _View:
-    """An immutable picture of the tree: what a read merges, newest first."""
+    """An immutable picture of the tree: what a read merges, newest first.
 
-    __slots__ = ("mem", "frozen", "tables", "sources", "_old_range_dels")
+    runs: a tuple of runs, newest first; a run is a tuple of TableReaders
+    with disjoint (key, ts) sets, in key order (flowdb._compaction).
+    """
 
-    def __init__(self, mem, frozen, tables):
+    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "_old_range_dels")
+
+    def __init__(self, mem, frozen, runs):
         self.mem = mem                    # the active MemTable
         self.frozen = frozen              # tuple of (MemTable, boundary_seq), newest first
-        self.tables = tables              # tuple of TableReader, newest first
-        self.sources = [mem] + [m for m, _ in frozen] + list(tables)
+        self.runs = runs                  # tuple of tuples of TableReader, newest first
+        self.tables = tuple(t for r in runs for t in r)
+        self.sources = [mem] + [m for m, _ in frozen] + list(self.tables)
         old = []
         for s in self.sources[1:]:
             old.extend(s.range_dels)
@@ -94,50 +120,92 @@ class _Writer:
 
 
 class MaintenanceHandle:
-    """The background threads of an engine; stop() joins them."""
+    """The background threads of an engine; stop() joins them.
+
+    Two threads, so that a flush never waits for a compaction:
+    - flowdb-flush: flushes frozen memtables as soon as the write path
+      freezes one (it is woken), and every flush_interval_ms freezes and
+      flushes a non-empty active memtable;
+    - flowdb-compact: every compaction_interval_ms, or when woken by a flush
+      that left at least compaction_threshold runs, runs policy rounds until
+      the policy has nothing to do; every gc_interval_secs, a GC run.
+    (Under SyncMode.interval_ms the WAL fsync timer is a third thread,
+    _WalSyncer, which runs whether or not maintenance is on.)
+    An exception is logged and kept in engine._background_error, which the
+    next foreground call raises (Engine._check_open); the thread goes on.
+    """
 
     def __init__(self, engine):
         self._engine = engine
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowdb-maintenance", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._run_flush,), name="flowdb-flush", daemon=True),
+            threading.Thread(target=self._guard, args=(self._run_compact,), name="flowdb-compact", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _run(self):
+    def _guard(self, body):
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                body()
+                return
+            except Exception as exc:  # surfaced to the next foreground call
+                log.exception("background maintenance failed in %s; retrying in %.2f s",
+                              threading.current_thread().name, backoff)
+                self._engine._background_error = exc
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)     # a lasting failure does not flood the log
+
+    def _run_flush(self):
         engine = self._engine
         cfg = engine._config
-        tick = min(cfg.flush_interval_ms, cfg.compaction_interval_ms, 1000) / 1000.0
-        next_flush = time.monotonic() + cfg.flush_interval_ms / 1000.0
-        next_compaction = time.monotonic() + cfg.compaction_interval_ms / 1000.0
-        next_gc = time.monotonic() + cfg.gc_interval_secs
+        period = cfg.flush_interval_ms / 1000.0
+        next_flush = time.monotonic() + period
         while not self._stop.is_set():
-            engine._maintenance_wakeup.wait(tick)
+            engine._maintenance_wakeup.wait(min(period, 1.0))
             engine._maintenance_wakeup.clear()
             if self._stop.is_set():
                 break
-            try:
-                now = time.monotonic()
-                engine._flush_frozen()
-                if now >= next_flush:
-                    next_flush = now + cfg.flush_interval_ms / 1000.0
-                    # Never block on the write lock: its holder may be waiting for us.
-                    if engine._freeze_if_nonempty(blocking=False):
-                        engine._flush_frozen()
-                if now >= next_compaction or len(engine._view.tables) >= cfg.compaction_threshold * 4:
-                    next_compaction = now + cfg.compaction_interval_ms / 1000.0
-                    if len(engine._view.tables) >= cfg.compaction_threshold:
-                        engine._compact(force=False)
-                if now >= next_gc:
-                    next_gc = now + cfg.gc_interval_secs
-                    engine._gc()
-            except Exception as exc:  # surfaced to the next foreground call
-                log.exception("background maintenance failed")
-                engine._background_error = exc
+            engine._flush_frozen()
+            engine._enforce_meta_budget()
+            now = time.monotonic()
+            if now >= next_flush:
+                next_flush = now + period
+                # Never block on the write lock: its holder may be waiting for us.
+                if engine._freeze_if_nonempty(blocking=False):
+                    engine._flush_frozen()
+            if len(engine._view.runs) >= _policy.threshold(cfg):
+                engine._compact_wakeup.set()
+
+    def _run_compact(self):
+        engine = self._engine
+        cfg = engine._config
+        period = cfg.compaction_interval_ms / 1000.0
+        next_compaction = time.monotonic() + period
+        next_gc = time.monotonic() + cfg.gc_interval_secs
+        while not self._stop.is_set():
+            woken = engine._compact_wakeup.wait(min(period, 1.0, max(0.0, next_gc - time.monotonic())))
+            engine._compact_wakeup.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            if woken or now >= next_compaction:
+                next_compaction = now + period
+                while not self._stop.is_set() and engine._maybe_compact():
+                    pass
+            if now >= next_gc:
+                next_gc = now + cfg.gc_interval_secs
+                engine._gc()
 
     def stop(self):
         self._stop.set()
         self._engine._maintenance_wakeup.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        self._engine._compact_wakeup.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
 
 
 class _WalSyncer:
@@ -281,10 +349,18 @@ class Engine:
         self._flush_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._patch_lock = threading.Lock()
+        self._compact_lock = threading.Lock()   # serialises compactions and GC
+        self._time_index = TimeIndex(cfg.time_bucket_secs)   # guarded by _mutex
+        self._meta_budget = int(cfg.index_memory_budget_mb * _MIB)
+        self._meta_releases = 0
+        self._stall_runs = _policy.stall_runs(cfg)
+        self._target_file_size = min(_MAX_TARGET_BYTES, max(_MIN_TARGET_BYTES, 2 * self._memtable_limit))
+        self._settled = _policy.settled_size(self._target_file_size)
         self._write_cv = threading.Condition(threading.Lock())
         self._room_cv = threading.Condition(self._mutex)   # frozen memtables drained
         self._queue = collections.deque()
-        self._maintenance_wakeup = threading.Event()
+        self._maintenance_wakeup = threading.Event()   # wakes the flush thread
+        self._compact_wakeup = threading.Event()       # wakes the compaction thread
         self._write_error = None
         self._background_error = None
         self._wal_dirty = False
@@ -301,6 +377,13 @@ class Engine:
         self._gc_runs = 0
         self._purged = 0
         self._expired_dropped = 0
+        self._table_bytes_written = 0         # flush + compaction output bytes
+        self._compaction_bytes_read = 0
+        self._compaction_bytes_out = 0
+        self._compaction_ns = 0
+        self._compaction_entries_in = 0
+        self._stalls = 0
+        self._tables_skipped_by_time_index = 0
         self._write_hist = LatencyHistogram()
         self._query_hist = LatencyHistogram()
         self._flush_hist = LatencyHistogram()
@@ -311,11 +394,17 @@ class Engine:
         self._manifest = Manifest.open(self._dir, create=not exists)
         man = self._manifest
         self._remove_unlisted_files()
-        tables = []
-        for number, (level, _size) in man.tables.items():
-            tables.append(TableReader(os.path.join(self._dir, table_name(number)), number, self._cache))
-        tables.sort(key=lambda t: t.props["max_seq"], reverse=True)
-        self._view = _View(MemTable(), (), tuple(tables))
+        groups = {}
+        for number, (run_id, _size) in man.tables.items():
+            reader = TableReader(os.path.join(self._dir, table_name(number)), number, self._cache)
+            # run_id 0 (stores written before runs existed): a run of its own.
+            groups.setdefault(run_id or -number, []).append(reader)
+        self._view = _View(MemTable(), (), _order_runs(groups.values()))
+        for t in self._view.tables:
+            self._time_index.add(t)
+        self._enforce_meta_budget()
+        log.info("opened %s: %d tables in %d runs", self._dir, len(self._view.tables),
+                 len(self._view.runs))
         # Replay the WAL into memtables past flushed_seq, flushing as they fill.
         # A memtable's boundary is the last seq replayed into it, never the
         # manifest's last_seq: seqs above what the WAL holds were never durable.
@@ -505,6 +594,9 @@ class Engine:
         if count == 0:
             return
         started = time.perf_counter_ns()
+        if self._maintenance is not None and len(self._view.runs) > self._stall_runs and (
+                _policy.active_runs(self._view.runs, self._settled) > self._stall_runs):
+            self._stall()
         w = _Writer(payload, count, sync)
         with self._write_cv:
             if self._write_error is not None:
@@ -533,6 +625,19 @@ class Engine:
         self._records_written += count
         self._bytes_written += raw
         self._write_hist.record((time.perf_counter_ns() - started) // 1000)
+
+    def _stall(self):
+        """Slow a writer while compaction is behind (too many runs).
+
+        A short sleep per commit, outside every lock, so that the compaction
+        thread catches up; writers stop outright only when max_frozen_memtables
+        is reached (_freeze).  Bounded: at most 100 ms per commit."""
+        self._stalls += 1
+        self._compact_wakeup.set()
+        deadline = time.monotonic() + 0.1
+        while (_policy.active_runs(self._view.runs, self._settled) > self._stall_runs
+               and time.monotonic() < deadline):
+            time.sleep(0.002)
 
     def _write_group(self, group):
         """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
@@ -624,12 +729,11 @@ class Engine:
         finally:
             self._write_lock.release()
 
-    def _replace_view(self, mem=None, frozen=None, tables=None):
+    def _replace_view(self, mem=None, frozen=None):
         with self._mutex:
             v = self._view
             self._view = _View(v.mem if mem is None else mem,
-                               v.frozen if frozen is None else frozen,
-                               v.tables if tables is None else tables)
+                               v.frozen if frozen is None else frozen, v.runs)
             self._room_cv.notify_all()
 
     # ---- flush and compaction -------------------------------------------
@@ -657,16 +761,21 @@ class Engine:
             reader = None
             if mem.num_entries or mem.range_dels:
                 reader = self._write_table(lambda b: build_table(mem.new_iterator(), b, list(mem.range_dels)))
-                added.append((reader.file_number, 0, reader.file_size))
+                # A flushed table is a run of its own: its run id is its number.
+                added.append((reader.file_number, reader.file_number, reader.file_size))
             self._manifest.log_edit(add=added, flushed_seq=boundary, last_seq=max(boundary, self._next_seq - 1))
             with self._mutex:
                 v = self._view
-                tables = ((reader,) if reader else ()) + v.tables
-                self._view = _View(v.mem, v.frozen[:-1], tables)
+                runs = (((reader,),) if reader else ()) + v.runs
+                self._view = _View(v.mem, v.frozen[:-1], runs)
+                if reader is not None:
+                    self._time_index.add(reader)
                 self._room_cv.notify_all()
+            self._table_bytes_written += reader.file_size if reader else 0
+            self._enforce_meta_budget()
             self._flushes += 1
             self._flush_hist.record((time.perf_counter_ns() - started) // 1000)
-            log.debug("flushed %d entries to %s", mem.num_entries,
+            log.info("flushed %d entries to %s", mem.num_entries,
                       reader.path if reader else "(nothing)")
             self._delete_obsolete_wal(boundary)
 
@@ -696,86 +805,230 @@ class Engine:
                 del self._segment_max_seq[s]
 
     def trigger_compaction(self) -> bool:
-        """Merge every SSTable into one; True if a compaction ran."""
+        """Run one round of the compaction policy; True if it merged anything.
+
+        One round: the window of adjacent runs the policy picks
+        (flowdb._compaction.pick); when the policy sees nothing to do but
+        several runs are left, all of them are merged into one (an explicit
+        request is the operator asking for a compact tree).
+        """
         self._check_open()
-        return self._compact(force=True) is not None
+        with self._compact_lock:
+            runs = self._view.runs
+            window = self._pick(runs)
+            if window is None and len(runs) > 1:
+                window = (0, len(runs))
+            if window is None and runs and any(self._has_garbage(t, _now_us()) for t in runs[0]):
+                return self._compact_window(runs, 0, 1, force=True) is not None
+            if window is None:
+                return False
+            return self._compact_window(runs, *window) is not None
 
-    def _compact(self, force):
-        """Full compaction of the tables; returns its counters, or None if idle."""
-        with self._flush_lock:
-            tables = self._view.tables
-            if not tables:
-                return None
-            if len(tables) == 1 and not force:
-                return None
-            if len(tables) == 1 and not self._has_garbage(tables[0]):
-                return None
-            started = time.perf_counter_ns()
-            range_dels = [rd for t in tables for rd in t.range_dels]
-            outputs = []
+    def _pick(self, runs):
+        cfg = self._config
+        return _policy.pick(runs, _policy.threshold(cfg), _policy.max_runs(cfg), self._settled)
 
-            def new_builder():
-                number = self._manifest.new_file_number()
-                path = os.path.join(self._dir, table_name(number)) + ".tmp"
-                outputs.append((number, path))
-                return TableBuilder(path, self._config.block_size, self._config.bloom_bits_per_key)
+    def _maybe_compact(self):
+        """Background: one round of the policy, if it picks a window; True if it did."""
+        with self._compact_lock:
+            runs = self._view.runs
+            window = self._pick(runs)
+            if window is None:
+                return False
+            return self._compact_window(runs, *window) is not None
 
-            stats = {}
-            try:
-                _read.compact(list(tables), range_dels, new_builder, _COMPACTION_TARGET_BYTES,
-                              True, _now_us(), self._visible_seq, stats)
-            except BaseException:
-                for _, path in outputs:
-                    if os.path.exists(path):
-                        os.unlink(path)
-                raise
-            produced = []
-            for number, path in outputs:
+    def _compact_window(self, runs, start, end, force=False):
+        """Merge runs[start:end] into one run in their place.
+
+        runs: the view's runs as the caller saw them under _compact_lock
+        (a flush since then only put runs in front; so end == len(runs)
+        still means "includes the oldest run").
+
+        Caller holds _compact_lock (compactions and GC are serialised; flushes
+        go on: they only put new runs in front, and the install below replaces
+        exactly the input runs, found by identity).  The merge loop runs in
+        read.compact without the GIL and holds no engine lock, so writers,
+        readers and flushes continue.  Returns the merge counters, or None if
+        there was nothing to do.
+        """
+        inputs = runs[start:end]
+        tables = [t for r in inputs for t in r]
+        if not tables:
+            return None
+        if len(inputs) == 1 and not force:
+            return None
+        bottommost = end == len(runs)
+        started = time.perf_counter_ns()
+        range_dels = [rd for t in tables for rd in t.range_dels]
+        outputs = []
+        cfg = self._config
+
+        def new_builder():
+            number = self._manifest.new_file_number()
+            path = os.path.join(self._dir, table_name(number)) + ".tmp"
+            outputs.append((number, path))
+            return TableBuilder(path, cfg.block_size, cfg.bloom_bits_per_key)
+
+        stats = {}
+        try:
+            _read.compact(tables, range_dels, new_builder, self._target_file_size,
+                          bottommost, _now_us(), self._visible_seq, stats)
+        except BaseException:
+            for _, path in outputs:
                 if os.path.exists(path):
-                    final = path[:-len(".tmp")]
-                    os.rename(path, final)
-                    produced.append((number, final))
-            fsync_dir(self._dir)
-            readers = [TableReader(final, number, self._cache) for number, final in produced]
-            self._manifest.log_edit(add=[(r.file_number, 0, r.file_size) for r in readers],
-                                    delete=[t.file_number for t in tables])
-            readers.sort(key=lambda t: t.props["max_seq"], reverse=True)
-            with self._mutex:
-                v = self._view
-                self._view = _View(v.mem, v.frozen, v.tables[:len(v.tables) - len(tables)] + tuple(readers))
-            for t in tables:
-                self._cache.erase_file(t.file_number)
-                try:
-                    os.unlink(t.path)
-                except FileNotFoundError:
-                    pass
-            self._compactions += 1
-            self._expired_dropped += stats["dropped_expired"]
-            log.info("compacted %d tables into %d in %.1f ms", len(tables), len(readers),
-                     (time.perf_counter_ns() - started) / 1e6)
-            return stats
+                    os.unlink(path)
+            raise
+        produced = []
+        for number, path in outputs:
+            if os.path.exists(path):
+                final = path[:-len(".tmp")]
+                os.rename(path, final)
+                produced.append((number, final))
+        fsync_dir(self._dir)
+        readers = tuple(TableReader(final, number, self._cache) for number, final in produced)
+        run_id = readers[0].file_number if readers else 0
+        self._manifest.log_edit(add=[(r.file_number, run_id, r.file_size) for r in readers],
+                                delete=[t.file_number for t in tables])
+        self._install(inputs, (readers,) if readers else ())
+        self._retire(tables)
+        self._enforce_meta_budget()
+        written = sum(r.file_size for r in readers)
+        self._table_bytes_written += written
+        self._compaction_bytes_read += sum(t.file_size for t in tables)
+        self._compaction_bytes_out += written
+        elapsed = time.perf_counter_ns() - started
+        self._compaction_ns += elapsed
+        self._compaction_entries_in += stats["entries_in"]
+        self._compactions += 1
+        self._expired_dropped += stats["dropped_expired"]
+        log.info("compacted %d runs (%d tables, %d bytes%s) into %d tables (%d bytes) in %.1f ms; "
+                 "dropped %d versions, %d deleted, %d tombstones, %d expired",
+                 len(inputs), len(tables), sum(t.file_size for t in tables),
+                 ", bottommost" if bottommost else "", len(readers), written, elapsed / 1e6,
+                 stats["dropped_versions"], stats["dropped_deleted"],
+                 stats["dropped_tombstones"], stats["dropped_expired"])
+        return stats
 
-    def _has_garbage(self, table):
-        p = table.props
-        return bool(p.get("num_deletes") or p.get("num_range_dels")
-                    or p.get("min_expire_at", INT64_MAX) <= _now_us())
+    def _install(self, old_runs, new_runs):
+        """Replace the runs old_runs (adjacent, by identity) by new_runs in the view."""
+        with self._mutex:
+            v = self._view
+            runs = v.runs
+            for i in range(len(runs)):
+                if runs[i] is old_runs[0]:
+                    break
+            else:
+                raise AssertionError("compaction inputs vanished from the view")
+            assert all(runs[i + j] is r for j, r in enumerate(old_runs))
+            self._view = _View(v.mem, v.frozen, runs[:i] + tuple(new_runs) + runs[i + len(old_runs):])
+            kept = {t.file_number for r in new_runs for t in r}
+            for r in old_runs:
+                for t in r:
+                    if t.file_number not in kept:
+                        self._time_index.remove(t)
+            for r in new_runs:
+                for t in r:
+                    self._time_index.add(t)          # no-op for a table it knows
+
+    def _enforce_meta_budget(self):
+        """Keep the block indexes and bloom filters within index_memory_budget_mb.
+
+        Past the budget, the tables of the oldest runs release theirs
+        (TableReader.release_meta); a table loads them again on its next
+        read, through the block cache.  Called after every flush and
+        compaction and on every tick of the flush thread, so the budget can
+        be overshot only by what reads reload between two calls."""
+        tables = self._view.tables
+        total = sum(t.meta_bytes for t in tables)
+        if total <= self._meta_budget:
+            return 0
+        freed = 0
+        for t in reversed(tables):             # oldest first
+            if total - freed <= self._meta_budget:
+                break
+            freed += t.release_meta()
+        self._meta_releases += 1
+        log.debug("released %d bytes of table indexes and blooms (budget %d)", freed, self._meta_budget)
+        return freed
+
+    def _retire(self, tables):
+        """After the view swap: forget cached blocks and unlink the files.
+
+        Views still pinned (snapshots, scans) read on through open fds."""
+        for t in tables:
+            t.detach_cache()
+            self._cache.erase_file(t.file_number)
+            try:
+                os.unlink(t.path)
+            except FileNotFoundError:
+                pass
 
     def trigger_gc(self) -> int:
         """Physically purge expired and deleted records; returns how many."""
         self._check_open()
-        return self._gc()
+        return self._gc(explicit=True)
 
-    def _gc(self):
-        self._gc_runs += 1
-        stats = self._compact(force=True)
-        if stats is None:
-            return 0
-        # Records purged: expired ones, ones hidden by a range delete, and one
-        # per point tombstone dropped (the record it deleted went with it).
-        purged = stats["dropped_expired"] + stats["dropped_deleted"] + stats["dropped_tombstones"]
-        self._purged += purged
-        log.info("GC purged %d records", purged)
-        return purged
+    def _gc(self, explicit=False):
+        """One GC run: drop whole expired tables, then purge by a bottommost merge.
+
+        1. Tables of the oldest run whose every record has expired
+           (flowdb._compaction.droppable_oldest) are dropped without being
+           read; their num_entries count as purged and expired.  Repeated
+           while the oldest run empties.
+        2. If a table left holds tombstones or records already expired
+           (props: num_deletes, num_range_dels, min_expire_at <= now), the
+           runs from the newest such one down to the oldest are merged
+           bottommost, which drops them physically.  The timer (not
+           trigger_gc) does this only when the estimated garbage is at least
+           GC_MERGE_MIN_GARBAGE of those runs' bytes
+           (flowdb._compaction.garbage_fraction): a store whose retention is
+           met by step 1 is not rewritten every gc_interval_secs.
+        """
+        with self._compact_lock:
+            self._gc_runs += 1
+            now = _now_us()
+            purged = 0
+            dropped_tables = 0
+            while True:
+                runs = self._view.runs
+                drop = _policy.droppable_oldest(runs, now)
+                if not drop:
+                    break
+                oldest = runs[-1]
+                keep = tuple(t for t in oldest if all(t is not d for d in drop))
+                self._manifest.log_edit(delete=[t.file_number for t in drop])
+                self._install((oldest,), (keep,) if keep else ())
+                self._retire(drop)
+                n = sum(t.props["num_entries"] for t in drop)
+                expired = sum(t.props["num_entries"] - t.props["num_deletes"] for t in drop)
+                purged += n
+                self._expired_dropped += expired
+                dropped_tables += len(drop)
+            runs = self._view.runs
+            first = None
+            for i, run in enumerate(runs):
+                if any(self._has_garbage(t, now) for t in run):
+                    first = i
+                    break
+            if first is not None and not explicit:
+                window = [t for r in runs[first:] for t in r]
+                if _policy.garbage_fraction(window, now) < _GC_MERGE_MIN_GARBAGE:
+                    first = None
+            if first is not None:
+                stats = self._compact_window(runs, first, len(runs), force=True)
+                if stats is not None:
+                    # Records purged: expired ones, ones hidden by a delete,
+                    # and one per point tombstone dropped.
+                    purged += (stats["dropped_expired"] + stats["dropped_deleted"]
+                               + stats["dropped_tombstones"])
+            self._purged += purged
+            log.info("GC purged %d records (%d whole tables dropped unread)", purged, dropped_tables)
+            return purged
+
+    @staticmethod
+    def _has_garbage(table, now):
+        p = table.props
+        return bool(p["num_deletes"] or p["num_range_dels"] or p["min_expire_at"] <= now)
 
     def spawn_background_maintenance(self):
         """Start the maintenance thread; None if it is already running."""
@@ -844,11 +1097,29 @@ class Engine:
         if not isinstance(opts, ReadOptions):
             raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
         keys = range.keys
-        cursor = _read.Cursor(view.sources, view.range_dels(), seq, _now_us(),
+        sources = view.sources
+        if (range.ts_start > INT64_MIN or range.ts_end < INT64_MAX) and view.tables:
+            sources = self._time_sources(view, range.ts_start, range.ts_end)
+        cursor = _read.Cursor(sources, view.range_dels(), seq, _now_us(),
                               keys.prefix_bytes, keys.start, keys.end,
                               range.ts_start, range.ts_end,
                               opts.fill_cache, opts.verify_checksums)
         return ScanIterator(self, view, cursor)
+
+    def _time_sources(self, view, ts_lo, ts_hi):
+        """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
+
+        Memtables always; a table if the time index has a block of it in a
+        bucket the range touches, or if the index does not know it (a table
+        of an older, pinned view).  Order is kept: recency order matters."""
+        index = self._time_index
+        with self._mutex:
+            cands = index.candidates(ts_lo, ts_hi)
+            if cands is None:
+                return view.sources
+            keep = [t for t in view.tables if t.file_number in cands or not index.knows(t.file_number)]
+        self._tables_skipped_by_time_index += len(view.tables) - len(keep)
+        return view.sources[:1 + len(view.frozen)] + keep
 
     def scan_prefix(self, prefix) -> ScanIterator:
         return self.scan(ScanRange.prefix(prefix))
@@ -903,8 +1174,8 @@ class Engine:
             sstable_count=len(tables),
             sstable_bytes=stored,
             wal_bytes=self._wal.bytes_written,
-            block_meta_index_entries=sum(len(t.block_meta()) for t in tables),
-            time_index_buckets=0,
+            block_meta_index_entries=sum(t.num_data_blocks for t in tables if t.meta_loaded),
+            time_index_buckets=self._time_index.num_buckets,
             block_cache_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             compression_ratio=raw / stored if stored else 0.0,
             write_latency_p50_us=w.percentile(50), write_latency_p90_us=w.percentile(90),
@@ -919,4 +1190,34 @@ class Engine:
     def metrics_text(self) -> str:
         """Prometheus text exposition of stats(), every name prefixed flowdb_."""
         return render_metrics(self.stats(), {"write": self._write_hist, "query": self._query_hist,
-                                             "flush": self._flush_hist})
+                                             "flush": self._flush_hist}, self._maintenance_metrics())
+
+    def _maintenance_metrics(self):
+        """Figures beyond EngineStats: [(name, type, help, value)] (flowdb._metrics)."""
+        ingested = self._bytes_written
+        return [
+            ("sstable_bytes_written_total", "counter",
+             "Bytes written to SSTables by flushes and compactions.", self._table_bytes_written),
+            ("compaction_bytes_read_total", "counter", "Bytes of SSTables read by compactions.",
+             self._compaction_bytes_read),
+            ("compaction_bytes_written_total", "counter", "Bytes of SSTables written by compactions.",
+             self._compaction_bytes_out),
+            ("compaction_seconds_total", "counter", "Seconds spent in compactions.",
+             self._compaction_ns / 1e9),
+            ("write_stalls_total", "counter", "Commits slowed because compaction was behind.",
+             self._stalls),
+            ("time_index_tables_skipped_total", "counter",
+             "Tables a time-range read skipped through the time index.",
+             self._tables_skipped_by_time_index),
+            ("table_meta_bytes", "gauge",
+             "Bytes of block indexes and bloom filters in memory (bounded by index_memory_budget_mb).",
+             sum(t.meta_bytes for t in self._view.tables)),
+            ("table_meta_reloads", "gauge",
+             "Indexes and blooms the live tables loaded again on demand after the budget released them.",
+             sum(t.meta_loads for t in self._view.tables)),
+            ("sstable_runs", "gauge", "Sorted runs of SSTables (the compaction policy's unit).",
+             len(self._view.runs)),
+            ("write_amplification", "gauge",
+             "Bytes written to SSTables over key and value bytes ingested (0 before any).",
+             self._table_bytes_written / ingested if ingested else 0.0),
+        ]

@@ -35,9 +35,16 @@ _BOUNDS_US = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
               100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000)
 
 
-def render_metrics(stats, histograms) -> str:
-    """stats: EngineStats; histograms: {"write"|"query"|"flush": LatencyHistogram}."""
+def render_metrics(stats, histograms, extra=()) -> str:
+    """stats: EngineStats; histograms: {"write"|"query"|"flush": LatencyHistogram};
+    extra: [(name without flowdb_, "counter"|"gauge", help, value)] the engine
+    measures beyond EngineStats (compaction and time-index figures)."""
     lines = []
+    for name, kind, text, value in extra:
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"counter {name} must end in _total")
+        lines += [f"# HELP flowdb_{name} {text}", f"# TYPE flowdb_{name} {kind}",
+                  f"flowdb_{name} {float(value)!r}" if kind == "gauge" else f"flowdb_{name} {value!r}"]
     for field, name, text in _COUNTERS:
         lines += [f"# HELP flowdb_{name} {text}", f"# TYPE flowdb_{name} counter",
                   f"flowdb_{name} {getattr(stats, field)}"]

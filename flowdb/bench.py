@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from flowdb import Config, Engine, SyncMode
+from flowdb import Config, Engine, ScanRange, SyncMode
 from flowdb._demo import (SensorWorkload, VerificationError, dir_bytes, fmt_bytes,
                           fmt_count, fmt_rate, fmt_secs, ingest, table)
 
@@ -161,6 +161,18 @@ def _bench_reads(rows, w, engine, quick, rng):
     dt = statistics.median(samples)
     rows.add("1% window, all series", len(got) / dt, "records/s", fmt_rate(len(got) / dt, " rec"),
              f"{fmt_count(len(got))} records in {fmt_secs(dt)} (median of {len(samples)})")
+
+    # Against a scan of everything (the time index: docs/MAINTENANCE.md).
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in engine.scan(ScanRange.all()))
+        samples.append(time.perf_counter() - t0)
+    full = statistics.median(samples)
+    if n != w.records:
+        raise VerificationError(f"full scan: {n} records, expected {w.records}")
+    rows.add("1% window vs full scan", full / dt, "x faster", f"{full / dt:.1f}x",
+             f"full scan of {fmt_count(n)} records in {fmt_secs(full)} (median of 3)")
 
 
 def run(records=None, quick=False, series=1000, batch_size=1000, workdir=None, out=sys.stderr):

@@ -370,3 +370,24 @@ class EngineModelSmallTables(EngineModel):
 
 TestEngineModelSmallTables = pytest.mark.slow(EngineModelSmallTables.TestCase)
 TestEngineModelSmallTables.settings = settings_for(100, 60)
+
+
+class EngineModelBackground(EngineModel):
+    """Background maintenance on, with tiny sizes and intervals of a few ms:
+    flushes, compactions and GC runs race every step, and the engine must
+    still match the model after each step and each reopen."""
+
+    def __init__(self):
+        RuleBasedStateMachine.__init__(self)
+        self.dir = tempfile.mkdtemp(prefix="flowdb-model-")
+        self.config = dict(auto_background=True, wal_sync_mode=SyncMode.interval_ms(3),
+                           memtable_size_mb=0.004, block_size=256, compaction_threshold=2,
+                           flush_interval_ms=3, compaction_interval_ms=5, gc_interval_secs=0.01,
+                           max_frozen_memtables=2, default_ttl_secs=None,
+                           index_memory_budget_mb=0.002)     # indexes released and reloaded
+        self.engine = Engine.open(os.path.join(self.dir, "db"), **self.config)
+        self.model, self.ever, self.scans = {}, set(), []
+
+
+TestEngineModelBackground = EngineModelBackground.TestCase
+TestEngineModelBackground.settings = settings_for(60, 50)

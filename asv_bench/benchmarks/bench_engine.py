@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 
-from flowdb import Config, Engine, SyncMode
+from flowdb import Config, Engine, ScanRange, SyncMode
 from flowdb._demo import SensorWorkload
 
 RECORDS = int(os.environ.get("FLOWDB_ASV_RECORDS", 1_000_000))
@@ -110,6 +110,11 @@ class Reads:
 
     def time_query_window_all_series(self, path):
         self.engine.query_time_range(self.ts_lo, self.ts_hi)
+
+    def time_full_scan(self, path):
+        """What time_query_window_all_series is compared with (issue 3: >= 5x)."""
+        for _ in self.engine.scan(ScanRange.all()):
+            pass
 
 
 class Storage:

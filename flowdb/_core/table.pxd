@@ -103,11 +103,27 @@ cdef class TableReader(Source):
     cdef size_t num_blocks
     cdef uint8_t *index_keys          # arena of the blocks' last keys
     cdef uint64_t data_end            # end of the last data block's trailer
+    # The index and bloom filter may be released (release_meta) and loaded
+    # again on demand (ensure_meta, through the block cache): index and
+    # index_keys point into index_holder (an _Index that iterators also
+    # hold, so a release never frees what an iterator reads), NULL when
+    # released; bloom is then b"" (may_contain answers True).
+    cdef object index_holder          # the _Index owning index/index_keys, or None
+    cdef uint64_t index_off           # the index block's handle
+    cdef uint64_t index_size
+    cdef uint64_t bloom_off           # the bloom block's handle
+    cdef uint64_t bloom_size
+    cdef readonly size_t meta_bytes   # bytes of index + bloom while loaded
+    cdef readonly unsigned long long meta_loads  # on-demand reloads
 
     cdef bytes _read_block(self, uint64_t offset, uint64_t size, bint verify, str what)
     # Data block i read from the file (not the cache), checked and decompressed.
     cdef bytes _fetch_block(self, size_t i, bint verify)
     cdef _load_index(self, bytes block, uint64_t offset)
+    # A meta block (index, bloom) through the block cache.
+    cdef bytes _meta_block(self, uint64_t offset, uint64_t size, str what)
+    # Loads the index and bloom again after release_meta() (GIL held).
+    cpdef ensure_meta(self)
     cdef _load_range_dels(self, bytes block, uint64_t offset)
     cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
                                 long long ts_lo=*, long long ts_hi=*)

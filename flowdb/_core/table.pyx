@@ -488,6 +488,24 @@ cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
     return v
 
 
+cdef class _Index:
+    """A table's decoded index block: owns the two C arrays.  A TableReader
+    and each of its iterators hold a reference, so releasing the reader's
+    index (TableReader.release_meta) frees it only when no iterator uses it."""
+    cdef IndexEntry *index
+    cdef uint8_t *keys
+    cdef size_t n
+    cdef size_t nbytes
+
+    def __cinit__(self):
+        self.index = NULL
+        self.keys = NULL
+
+    def __dealloc__(self):
+        free(self.index)
+        free(self.keys)
+
+
 cdef class TableReader(Source):
     """An open SSTable: TableReader(path, file_number, block_cache=None).
 
@@ -504,6 +522,7 @@ cdef class TableReader(Source):
         self.bloom_ptr = NULL
         self.bloom_len = 0
         self.props = {}
+        self.index_holder = None
 
     def __init__(self, path, file_number, block_cache=None):
         self.path = os.fspath(path)
@@ -523,8 +542,6 @@ cdef class TableReader(Source):
             raise
 
     def __dealloc__(self):
-        free(self.index)
-        free(self.index_keys)
         if self.fd >= 0:
             c_close(self.fd)
 
@@ -585,8 +602,11 @@ cdef class TableReader(Source):
             raise self._corrupt("bad bloom filter", bloom_h[0])
         self.bloom_ptr = self.bloom
         self.bloom_len = len(self.bloom)
+        self.bloom_off, self.bloom_size = bloom_h
+        self.index_off, self.index_size = index_h
         self._load_range_dels(self._read_block(rd_h[0], rd_h[1], True, "range-del block"), rd_h[0])
         self._load_index(self._read_block(index_h[0], index_h[1], True, "index block"), index_h[0])
+        self.meta_bytes = (<_Index>self.index_holder).nbytes + len(self.bloom)
 
         p = self.props
         if p["num_data_blocks"] != self.num_blocks or p["data_size"] != self.data_end:
@@ -654,10 +674,64 @@ cdef class TableReader(Source):
 
     cdef bytes _fetch_block(self, size_t i, bint verify):
         """Data block i from the file.  (TableIterator._load looks in the
-        cache first, and fills it.)"""
+        cache first, and fills it; it reads through its own index.)"""
+        self.ensure_meta()
         cdef IndexEntry *e = &self.index[i]
         self.blocks_read += 1
         return self._read_block(e.offset, e.size, verify, "data block")
+
+    cdef bytes _meta_block(self, uint64_t offset, uint64_t size, str what):
+        """A meta block (index, bloom) through the block cache."""
+        cdef BlockMeta meta
+        cdef BlockCache cache = self.block_cache
+        cdef bytes data = None
+        if cache is not None:
+            data = cache.lookup(self.cache_file, offset, &meta)
+        if data is None:
+            data = self._read_block(offset, size, True, what)
+            self.blocks_read += 1
+            if cache is not None:
+                meta.data_end = 0
+                meta.num_restarts = 0
+                meta.trusted = False
+                cache.insert(self.cache_file, offset, data, &meta)
+        return data
+
+    def release_meta(self):
+        """Drop the in-memory index and bloom filter; returns the bytes freed.
+
+        Reads go on: iterators already made keep their index; the next
+        new_iterator() (or block_meta()) loads both again through the block
+        cache, and meanwhile may_contain answers True.  Call with the GIL
+        (every caller of may_contain holds it too)."""
+        if self.index_holder is None:
+            return 0
+        freed = self.meta_bytes
+        self.index = NULL
+        self.index_keys = NULL
+        self.index_holder = None
+        self.bloom_ptr = NULL
+        self.bloom_len = 0
+        self.bloom = b""
+        self.meta_bytes = 0
+        return freed
+
+    cpdef ensure_meta(self):
+        """Load the index and bloom filter again if release_meta dropped them."""
+        if self.index_holder is not None:
+            return
+        bloom = self._meta_block(self.bloom_off, self.bloom_size, "bloom block")
+        self._load_index(self._meta_block(self.index_off, self.index_size, "index block"),
+                         self.index_off)
+        self.bloom = bloom
+        self.bloom_ptr = self.bloom
+        self.bloom_len = len(self.bloom)
+        self.meta_bytes = (<_Index>self.index_holder).nbytes + len(self.bloom)
+        self.meta_loads += 1
+
+    @property
+    def meta_loaded(self):
+        return self.index_holder is not None
 
     cdef _load_index(self, bytes block, uint64_t offset):
         cdef CBlockIter it
@@ -666,6 +740,7 @@ cdef class TableReader(Source):
         cdef const uint8_t *v
         cdef const uint8_t *vend
         cdef IndexEntry *e
+        cdef _Index holder = _Index.__new__(_Index)
         block_iter_init(&it)
         try:
             for npass in range(2):
@@ -678,7 +753,7 @@ cdef class TableReader(Source):
                         n += 1
                         key_bytes += it.base.key_len
                     else:
-                        e = &self.index[i]
+                        e = &holder.index[i]
                         v = it.base.value
                         vend = v + it.base.value_len
                         v = fdb_get_varint(v, vend, &off)
@@ -698,13 +773,13 @@ cdef class TableReader(Source):
                         e.max_expire_at = <int64_t>fdb_get_u64le(v + 24)
                         if e.min_ts > e.max_ts or e.min_expire_at > e.max_expire_at:
                             raise self._corrupt(f"index entry {i}: bad bounds", offset)
-                        memcpy(self.index_keys + kpos, it.base.key, it.base.key_len)
+                        memcpy(holder.keys + kpos, it.base.key, it.base.key_len)
                         e.key_off = kpos
                         e.key_len = it.base.key_len
                         kpos += e.key_len
-                        if i and fdb_ikey_cmp(self.index_keys + self.index[i - 1].key_off,
-                                              self.index[i - 1].key_len,
-                                              self.index_keys + e.key_off, e.key_len) >= 0:
+                        if i and fdb_ikey_cmp(holder.keys + holder.index[i - 1].key_off,
+                                              holder.index[i - 1].key_len,
+                                              holder.keys + e.key_off, e.key_len) >= 0:
                             raise self._corrupt(f"index entry {i}: keys out of order", offset)
                     i += 1
                     it.base.next(&it.base)
@@ -714,12 +789,17 @@ cdef class TableReader(Source):
                     raise self._corrupt(f"index block: {(<bytes>it.err_msg).decode()} "
                                         f"(byte {it.err_off} of the block)", offset)
                 if npass == 0:
-                    self.index = <IndexEntry *>malloc(max(n, 1) * sizeof(IndexEntry))
-                    self.index_keys = <uint8_t *>malloc(max(key_bytes, 1))
-                    if self.index == NULL or self.index_keys == NULL:
+                    holder.index = <IndexEntry *>malloc(max(n, 1) * sizeof(IndexEntry))
+                    holder.keys = <uint8_t *>malloc(max(key_bytes, 1))
+                    if holder.index == NULL or holder.keys == NULL:
                         raise MemoryError()
             if expect != self.data_end:
                 raise self._corrupt("index does not cover the data blocks", offset)
+            holder.n = n
+            holder.nbytes = max(n, 1) * sizeof(IndexEntry) + max(key_bytes, 1)
+            self.index_holder = holder
+            self.index = holder.index
+            self.index_keys = holder.keys
             self.num_blocks = n
         finally:
             block_iter_free(&it)
@@ -759,12 +839,25 @@ cdef class TableReader(Source):
         cdef const unsigned char *p = ukey
         return bool(self.may_contain(p, len(ukey)))
 
+    def detach_cache(self):
+        """Stop using the block cache (lookups and inserts) from now on.
+
+        The engine calls it when the table leaves the tree, before it erases
+        the table's blocks from the cache: iterators of pinned views that
+        still read the table then no longer refill the cache with blocks
+        nobody else will ask for.  An iterator re-reads the field with the
+        GIL right before each insert, so none slips in after the erase."""
+        self.block_cache = None
+
     def block_meta(self):
         """[(offset, size, min_ts, max_ts, min_expire_at, max_expire_at)] per data block."""
         cdef size_t i
-        return [(self.index[i].offset, self.index[i].size, self.index[i].min_ts,
-                 self.index[i].max_ts, self.index[i].min_expire_at,
-                 self.index[i].max_expire_at) for i in range(self.num_blocks)]
+        cdef _Index h
+        self.ensure_meta()
+        h = <_Index>self.index_holder       # ours, whatever release_meta does meanwhile
+        return [(h.index[i].offset, h.index[i].size, h.index[i].min_ts,
+                 h.index[i].max_ts, h.index[i].min_expire_at,
+                 h.index[i].max_expire_at) for i in range(h.n)]
 
     @property
     def num_data_blocks(self):
@@ -775,12 +868,15 @@ cdef class TableReader(Source):
         """An iterator over every entry; blocks whose ts bounds miss
         [ts_lo, ts_hi] are skipped in both directions, as if absent."""
         cdef TableIterator it = TableIterator.__new__(TableIterator)
+        while self.index_holder is None:
+            self.ensure_meta()
+        it.holder = self.index_holder
         it.reader = self
         it.fill_cache = fill_cache
         it.verify_checksums = verify_checksums
-        it.st.index = self.index
-        it.st.keys = self.index_keys
-        it.st.n = self.num_blocks
+        it.st.index = (<_Index>it.holder).index
+        it.st.keys = (<_Index>it.holder).keys
+        it.st.n = (<_Index>it.holder).n
         it.st.ts_lo = ts_lo
         it.st.ts_hi = ts_hi
         return it
@@ -804,6 +900,7 @@ cdef class TableIterator(Iterator):
     """Two-level iterator: the in-memory index, then one data block at a time."""
     cdef TIterState st
     cdef TableReader reader
+    cdef object holder        # the _Index st.index/st.keys point into
     cdef bytes block          # the bytes st.blk reads
     cdef bint fill_cache
     cdef bint verify_checksums
@@ -869,7 +966,10 @@ cdef class TableIterator(Iterator):
                 return FDB_OK
         else:
             try:
-                data = r._fetch_block(i, self.verify_checksums)
+                # Through this iterator's own index: the reader's may be released.
+                r.blocks_read += 1
+                data = r._read_block(self.st.index[i].offset, self.st.index[i].size,
+                                     self.verify_checksums, "data block")
             except CorruptionError as e:
                 return self._fail(FDB_ERR_CORRUPTION, e)
             except OSError as e:
@@ -885,6 +985,7 @@ cdef class TableIterator(Iterator):
         if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
                             len(data)) != FDB_OK:
             return self._fail(FDB_ERR_CORRUPTION, self._block_error())
+        cache = r.block_cache               # None once the table is retired (detach_cache)
         if from_file and self.fill_cache and self.verify_checksums and cache is not None:
             meta.data_end = self.st.blk.data_end
             meta.num_restarts = self.st.blk.num_restarts
