@@ -53,6 +53,8 @@ from flowdb._wal import WalWriter, delete_segments, list_segments, read_wal
 log = logging.getLogger("flowdb")
 
 _MIB = 1024 * 1024
+_SCAN_BATCH_MIN = 16                  # records a ScanIterator fetches first ...
+_SCAN_BATCH_MAX = 1024                # ... doubling up to this
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
@@ -234,9 +236,14 @@ class _WalSyncer:
 
 
 class ScanIterator:
-    """A lazy scan over a snapshot; memory stays bounded by a few blocks."""
+    """A lazy scan over a snapshot; memory stays bounded by a few blocks.
 
-    __slots__ = ("_cursor", "_view", "_engine", "_buffer", "_pos")
+    Records are fetched in batches that start small (a caller that stops
+    after a few records reads a few) and double up to _SCAN_BATCH_MAX (a
+    long scan pays the Python boundary once per batch, not per record).
+    """
+
+    __slots__ = ("_cursor", "_view", "_engine", "_buffer", "_pos", "_batch")
 
     def __init__(self, engine, view, cursor):
         self._engine = engine
@@ -244,6 +251,7 @@ class ScanIterator:
         self._cursor = cursor
         self._buffer = []
         self._pos = 0
+        self._batch = _SCAN_BATCH_MIN
 
     def __iter__(self):
         return self
@@ -252,7 +260,8 @@ class ScanIterator:
         if self._pos >= len(self._buffer):
             if self._cursor is None:
                 raise StopIteration
-            self._buffer = self._cursor.next_batch(256)
+            self._buffer = self._cursor.next_batch(self._batch)
+            self._batch = min(self._batch * 2, _SCAN_BATCH_MAX)
             self._pos = 0
             if not self._buffer:
                 self._engine._records_read += self._cursor.records_returned
@@ -545,17 +554,20 @@ class Engine:
         self._commit(payload, count, 0, self._sync_always)
 
     def _write_mixed(self, records, deletes=(), range_deletes=(), sync=None) -> None:
-        """One atomic batch: puts (expiry kept as given), point deletes, and
-        range deletes [start, end), applied in that order.
+        """One atomic batch: range deletes [start, end), point deletes, and
+        puts (expiry kept as given), applied in that order, so a batch can
+        clear a range and write into it.
 
         For layers built on the engine (JsonDB commits a transaction's
         documents, index entries and key generators with one call).
         """
         self._check_open()
-        parts = [_batch.encode_puts(records, None, False)[0], _batch.encode_deletes(deletes)[0]]
+        parts = []
         for start, end in range_deletes:
             if as_key(start, "start_key") < as_key(end, "end_key"):
                 parts.append(_batch.encode_range_delete(start, end)[0])
+        parts.append(_batch.encode_deletes(deletes)[0])
+        parts.append(_batch.encode_puts(records, None, False)[0])
         payload = _batch.concat_payloads(*parts)
         count = int.from_bytes(payload[:4], "little")
         raw = sum(len(r.key) + len(r.value) for r in records) if records else 0

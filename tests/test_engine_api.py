@@ -1260,3 +1260,12 @@ def test_snapshot_reads_do_not_see_later_writes(engine):
         assert list(snap.scan(ScanRange.all())) == [R(b"a", 1, b"old")]
     with pytest.raises(flowdb.InvalidStateError):
         snap.get(b"a", 1)
+
+
+def test_write_mixed_range_delete_comes_first_so_a_batch_can_clear_and_refill(engine):
+    engine.write_batch([R(b"s:1", 1, b"old"), R(b"s:2", 1, b"old")])
+    engine._write_mixed([R(b"s:2", 1, b"new")], (), [(b"s:", b"s;")])
+    assert dump(engine) == [(b"s:2", 1, b"new", NEVER)]
+    engine.flush()
+    engine.trigger_compaction()
+    assert dump(engine) == [(b"s:2", 1, b"new", NEVER)]
