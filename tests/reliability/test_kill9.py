@@ -9,6 +9,9 @@ SyncMode.interval_ms: a suffix of acknowledged batches may be lost, never a
 part of a batch, never a hole, never older data.
 
 A kill can also land during recovery (an open after a crash).
+
+Overwrites: every batch of a thread also rewrites (f"t{t}:last", ts 0); after
+each reopen it names the newest surviving batch of that thread.
 """
 from __future__ import annotations
 
@@ -79,10 +82,11 @@ def kill_during_recovery(data_dir, rng):
     assert proc.returncode in (0, -signal.SIGKILL), f"recovery child failed:\n{err}"
 
 
-def read_batches(data_dir):
+def read_batches(data_dir, last=None):
     """{(gen, t, n): (count, set of i)} of every record in the store.
 
     Fails on any record that is not intact or not where its value says.
+    `last`, if given, receives {t: (gen, n)} of the overwrite records.
     """
     found = defaultdict(lambda: [None, set()])
     with Engine.open(str(data_dir), auto_background=False) as e:
@@ -90,6 +94,12 @@ def read_batches(data_dir):
             d = decode_value(r.value)
             assert d is not None, f"damaged value at {r.key!r} ts={r.ts}: {r.value[:60]!r}"
             gen, t, n, i, count = d
+            if r.key.endswith(b":last"):
+                assert r.key == f"t{t}:last".encode() and r.ts == 0 and i == count, (
+                    f"overwrite record {d} under {r.key!r} ts={r.ts}")
+                if last is not None:
+                    last[t] = (gen, n)
+                continue
             assert r.key == f"t{t}:{i}".encode(), f"record {d} under key {r.key!r}"
             assert r.ts == gen * TS_PER_GEN + n, f"record {d} at ts {r.ts}"
             assert 0 <= i < count
@@ -107,7 +117,13 @@ def check_store(data_dir, history, gen, acks, threads, kill_time, sync):
     history: {(gen, t, n): count} of every batch accepted in earlier
     generations (they must all still be there, unchanged).
     """
-    batches = read_batches(data_dir)
+    last = {}
+    batches = read_batches(data_dir, last)
+    newest = {}
+    for (g, t, n) in batches:
+        newest[t] = max(newest.get(t, (0, -1)), (g, n))
+    assert last == newest, (
+        f"overwrite records {last} do not name the newest surviving batches {newest}")
     for key, (count, present) in batches.items():
         assert present == set(range(count)), (
             f"batch {key} is partial: {len(present)} of {count} records")
