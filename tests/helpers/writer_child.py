@@ -51,12 +51,9 @@ def config(sync):
                 wal_segment_size_mb=0.05)
 
 
-def main():
-    data_dir, gen, threads, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    seed = int(sys.argv[5]) if len(sys.argv) > 5 else gen
-    engine = Engine.open(data_dir, **config(sync))
+def start_writers(engine, gen, threads, seed):
+    """Starts `threads` daemon writer threads (the protocol above); returns them."""
     lock = threading.Lock()
-    print("ready", flush=True)
 
     def writer(t):
         rng = random.Random(seed * 1000 + t)
@@ -76,7 +73,15 @@ def main():
     ts = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(threads)]
     for th in ts:
         th.start()
-    for th in ts:
+    return ts
+
+
+def main():
+    data_dir, gen, threads, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    seed = int(sys.argv[5]) if len(sys.argv) > 5 else gen
+    engine = Engine.open(data_dir, **config(sync))
+    print("ready", flush=True)
+    for th in start_writers(engine, gen, threads, seed):
         th.join()
 
 
