@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from flowdb._core.block_cache import BlockCache
 from flowdb._config import Config, ReadOptions, StorageBackendKind
@@ -184,6 +185,8 @@ class ScanIterator:
         if self._pos >= len(self._buffer):
             if self._cursor is None:
                 raise StopIteration
+            if self._engine._closed:
+                raise InvalidStateError("the engine was shut down during this scan")
             self._buffer = self._cursor.next_batch(256)
             self._pos = 0
             if not self._buffer:
@@ -277,6 +280,7 @@ class Engine:
         self._memtable_limit = int(cfg.memtable_size_mb * _MIB)
         self._sync_always = cfg.wal_sync_mode.is_always
         self._cache = BlockCache(int(cfg.block_cache_capacity_mb * _MIB))
+        self._readers = weakref.WeakSet()     # every TableReader opened, closed at shutdown
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._mutex = threading.Lock()
@@ -313,7 +317,7 @@ class Engine:
         self._remove_unlisted_files()
         tables = []
         for number, (level, _size) in man.tables.items():
-            tables.append(TableReader(os.path.join(self._dir, table_name(number)), number, self._cache))
+            tables.append(self._open_table(os.path.join(self._dir, table_name(number)), number))
         tables.sort(key=lambda t: t.props["max_seq"], reverse=True)
         self._view = _View(MemTable(), (), tuple(tables))
         # Replay the WAL into memtables past flushed_seq, flushing as they fill.
@@ -381,6 +385,11 @@ class Engine:
             except (OSError, FlowError):
                 pass
             self._manifest.close()
+            # Release the tables' descriptors now, not when the objects are
+            # collected: a shut-down engine holds no file of its directory,
+            # also none that a forgotten iterator or snapshot still holds.
+            for table in list(self._readers):
+                table.close()
             self._lock.release()
 
     def close(self) -> None:
@@ -683,7 +692,12 @@ class Engine:
             raise
         os.rename(tmp, final)
         fsync_dir(self._dir)
-        return TableReader(final, number, self._cache)
+        return self._open_table(final, number)
+
+    def _open_table(self, path, number):
+        reader = TableReader(path, number, self._cache)
+        self._readers.add(reader)
+        return reader
 
     def _delete_obsolete_wal(self, flushed_seq):
         if self._wal is None:
@@ -736,7 +750,7 @@ class Engine:
                     os.rename(path, final)
                     produced.append((number, final))
             fsync_dir(self._dir)
-            readers = [TableReader(final, number, self._cache) for number, final in produced]
+            readers = [self._open_table(final, number) for number, final in produced]
             self._manifest.log_edit(add=[(r.file_number, 0, r.file_size) for r in readers],
                                     delete=[t.file_number for t in tables])
             readers.sort(key=lambda t: t.props["max_seq"], reverse=True)
