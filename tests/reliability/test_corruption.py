@@ -15,12 +15,11 @@ import shutil
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from flowdb import CorruptionError, Engine, FlowError, Record, StorageBackendKind, SyncMode
-from helpers.common import (FULL, HELPERS_DIR, MANIFEST_HEADER, WAL_HEADER, WAL_RECORD_HEADER,
+from helpers.common import (FULL, HELPERS_DIR, WAL_RECORD_HEADER,
                             child_env, dump, flip_byte, manifest_edits, sst_files, wal_files,
                             wal_records)
 
