@@ -509,6 +509,8 @@ def test_sstable_byte_flips_never_give_wrong_data(flushed_store, tmp_path, mask)
         failures += [f"{sst.name}@{o} ({size} bytes): {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())]
         detected = sum(1 for r in results.values() if r[0] == "corruption")
         assert detected > 0 or failures, f"no flip in {sst.name} was ever detected"
+    print(f"\nFIGURES sstable flips mask={mask:#x}: injected={FLIP_FIGURES['injected']} "
+          f"detected={FLIP_FIGURES['detected']} wrong_or_crash={len(failures)}")
     assert not failures, f"{len(failures)} flips gave wrong data or crashed:\n" + "\n".join(failures[:20])
 
 
@@ -529,6 +531,8 @@ def test_sstable_every_byte_flip_large_table(tmp_path):
     results = run_flip_reader(pristine, tmp_path / "work", expected, sst.name, 0xFF,
                               range(sst.stat().st_size), tmp_path)
     bad = {o: r for o, r in results.items() if r[0] not in ("ok", "corruption")}
+    print(f"\nFIGURES large sstable every-byte flips: injected={len(results)} "
+          f"detected={sum(1 for r in results.values() if r[0] == 'corruption')} wrong_or_crash={len(bad)}")
     assert not bad, "\n".join(f"@{o}: {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())[:20])
 
 
@@ -553,5 +557,7 @@ def test_compaction_never_writes_corrupt_output(flushed_store, tmp_path, mask):
     results = run_flip_reader(pristine, tmp_path / "work", expected, sst.name, mask,
                               offsets, tmp_path, compact=True)
     bad = {o: r for o, r in results.items() if r[0] not in ("ok", "corruption")}
+    print(f"\nFIGURES compaction over flipped table mask={mask:#x}: injected={len(results)} "
+          f"detected={sum(1 for r in results.values() if r[0] == 'corruption')} wrong_or_crash={len(bad)}")
     assert not bad, "\n".join(f"@{o}: {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())[:20])
     assert any(r[0] == "corruption" for r in results.values())
