@@ -546,6 +546,10 @@ class Engine:
     def _write_group(self, group):
         """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
         try:
+            if self._write_error is None and self._manifest.failed:
+                # No flush can ever be recorded again: refuse writes now, as
+                # after a WAL failure, instead of filling memory until reopen.
+                self._fail_writes(self._manifest._failure, "MANIFEST")
             if self._write_error is not None:
                 raise self._write_error
             self._make_room()
@@ -578,11 +582,11 @@ class Engine:
             for w in group:
                 w.done = True
 
-    def _fail_writes(self, exc):
+    def _fail_writes(self, exc, what="WAL"):
         if self._write_error is None:
-            log.error("WAL write or fsync failed (%s); refusing writes until reopened", exc)
+            log.error("%s write or fsync failed (%s); refusing writes until reopened", what, exc)
             self._write_error = FlowError(
-                f"the WAL failed ({exc}); the engine refuses writes until it is reopened")
+                f"the {what} failed ({exc}); the engine refuses writes until it is reopened")
 
     def _sync_wal_if_dirty(self):
         if self._wal_dirty:
