@@ -77,7 +77,6 @@ def header(magic, version):
 
 def sst_future_version(data):
     """The footer with format_version 2 and a correct footer crc."""
-    size = len(data)
     foot = bytearray(data[-80:])
     struct.pack_into("<I", foot, 64, 2)
     struct.pack_into("<I", foot, 68, crc32c(bytes(foot[:68])))
