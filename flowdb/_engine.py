@@ -130,7 +130,7 @@ class MaintenanceHandle:
                 if now >= next_gc:
                     next_gc = now + cfg.gc_interval_secs
                     engine._gc()
-            except Exception as exc:  # surfaced to the next foreground call
+            except Exception as exc:  # surfaced to the next write, flush, compaction or GC
                 log.exception("background maintenance failed")
                 engine._background_error = exc
 
@@ -212,7 +212,8 @@ class Snapshot:
     def _live_view(self):
         if self._view is None:
             raise InvalidStateError("the snapshot has been released")
-        self._engine._check_open()
+        if self._engine._closed:
+            self._engine._check_open()
         return self._view
 
     def get(self, key, ts):
@@ -811,7 +812,7 @@ class Engine:
 
     def get(self, key, ts):
         """The record at exactly (key, ts), or None."""
-        if self._closed or self._background_error is not None:
+        if self._closed:                   # a background failure is a writer's news
             self._check_open()
         key = as_key(key)
         ts = as_ts(ts)
@@ -835,7 +836,7 @@ class Engine:
 
     def get_latest(self, key):
         """The live record of key with the greatest ts, or None."""
-        if self._closed or self._background_error is not None:
+        if self._closed:                   # a background failure is a writer's news
             self._check_open()
         key = as_key(key)
         started = _perf_ns()
@@ -852,7 +853,8 @@ class Engine:
 
     def scan_opt(self, range: ScanRange, opts: ReadOptions) -> ScanIterator:
         """A lazy iterator over a snapshot of the records that `range` selects."""
-        self._check_open()
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
         view, seq = self._snapshot()
         return self._scan_at(view, seq, range, opts)
 
