@@ -11,7 +11,7 @@ values b"v%d-%d" * 20; a flush() after every 10th.  Lines printed:
   {"ev": "after", "n": n, "type": T|null}     a write tried after the first WAL error
   {"ev": "read", "ok": bool}                  the acknowledged records read back
                                               (after one retry if the first read got a
-                                              background error)
+                                              background error, which is reported too)
   {"ev": "shutdown", "type": T|null}
 """
 from __future__ import annotations
@@ -83,8 +83,8 @@ def main():
             say(ev="read", ok=ok)
             break
         except flowdb.FlowError as exc:
-            # A background failure is reported once, to the next call of any
-            # kind (a read too): reported, then the read is retried.
+            # Reads must not get background failures (they go to writers);
+            # should one arrive anyway it is reported (and fails the test).
             err("read", -1, exc)
             if "background maintenance failed" not in str(exc):
                 break

@@ -67,6 +67,7 @@ def check_events(events, wal_failure):
         assert e["msg"], f"error without a message: {e}"
         assert any(w in e["msg"] for w in (".wal", ".sst", "MANIFEST", "WAL", "background",
                                            "No space")), f"error does not say what failed: {e}"
+    assert not [e for e in errors if e["where"] == "read"], "a read raised after the failure"
     assert [e["ok"] for e in events if e["ev"] == "read"] == [True], (
         "acknowledged records could not be read back after the failure")
     writes = [e for e in errors if e["where"] == "write"]
@@ -166,3 +167,46 @@ def test_full_disk(tiny_disk, background):
             assert exc.errno == errno.ENOSPC, exc
         subprocess.run(["mount", "-o", "remount,size=32m", str(mnt)], check=True)
     check_reopened(data, acked)
+
+
+# ------------------------------------------------------------ background failures
+
+def test_background_failure_reaches_a_writer_not_a_reader(tmp_path):
+    """A failed background flush is reported to the next write (or flush,
+    compaction, GC), once.  Reads in between return the right data and
+    neither raise it nor swallow it (before the fix, get_sync consumed the
+    report and returned None for a present record, and nobody ever saw
+    the failure).  FaultFS is installed in this process for this test only."""
+    import time
+
+    from flowdb import FlowError, Query
+    from reliability.faultfs import FaultFS, Rule
+
+    data = tmp_path / "db"
+    fs = FaultFS(data).install()
+    try:
+        rule = Rule(op="write", match=".sst", times=1)
+        fs.rules.append(rule)
+        e = Engine.open(str(data), auto_background=True, flush_interval_ms=10,
+                        compaction_interval_ms=60_000, memtable_size_mb=64)
+        try:
+            e.write_batch(batch(1))
+            deadline = time.monotonic() + 10
+            while not rule.fired and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rule.fired, "the background flush never ran"
+            time.sleep(0.3)                          # let the thread record the failure
+            for r in batch(1):
+                assert e.get_sync(r.key, r.ts) == r
+                assert e.get(r.key, r.ts) == r
+                assert e.get_latest(r.key) == r
+            assert sorted(e.query(Query.prefix(b"n1:")), key=lambda r: r.key) == sorted(
+                batch(1), key=lambda r: r.key)
+            with pytest.raises(FlowError, match="background maintenance failed"):
+                e.write_batch(batch(2))
+            e.write_batch(batch(3))                  # reported once; the disk is fine again
+        finally:
+            e.shutdown()
+    finally:
+        fs.uninstall()
+    check_reopened(data, [1, 3])
