@@ -67,16 +67,21 @@ def power_cycles(tmp_path, cycles, threads, sync, seed, recovery_cuts=0.0, profi
 
 
 def test_power_cut_always_loses_no_acknowledged_batch(tmp_path):
-    acked, lost = power_cycles(tmp_path, cycles=30 if FULL else 6, threads=3, sync="always",
+    cycles = 30 if FULL else 6
+    acked, lost = power_cycles(tmp_path, cycles=cycles, threads=3, sync="always",
                                seed=31, recovery_cuts=0.3)
+    print(f"\nFIGURES power-loss ALWAYS: cycles={cycles} acknowledged={acked} lost={lost}")
     assert acked > 0 and lost == 0
 
 
 def test_power_cut_interval_really_drops_unsynced_data(tmp_path):
     """An interval longer than the run: whatever was not flushed or rotated is
     lost, as a suffix of whole batches; the layer does drop data."""
-    acked, lost = power_cycles(tmp_path, cycles=12 if FULL else 4, threads=2, sync="100000",
+    cycles = 12 if FULL else 4
+    acked, lost = power_cycles(tmp_path, cycles=cycles, threads=2, sync="100000",
                                seed=32, profile="calm")
+    print(f"\nFIGURES power-loss interval (never synced): cycles={cycles} acknowledged={acked} "
+          f"lost (allowed, a suffix)={lost}")
     assert acked > 0
     assert lost > 0, "no acknowledged-but-unsynced batch was lost: the layer drops nothing"
 
