@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from flowdb._core.block_cache import BlockCache
 from flowdb._config import Config, ReadOptions, StorageBackendKind
@@ -153,7 +154,7 @@ class MaintenanceHandle:
             try:
                 body()
                 return
-            except Exception as exc:  # surfaced to the next foreground call
+            except Exception as exc:  # surfaced to the next write, flush, compaction or GC
                 log.exception("background maintenance failed in %s; retrying in %.2f s",
                               threading.current_thread().name, backoff)
                 self._engine._background_error = exc
@@ -260,6 +261,8 @@ class ScanIterator:
         if self._pos >= len(self._buffer):
             if self._cursor is None:
                 raise StopIteration
+            if self._engine._closed:
+                raise InvalidStateError("the engine was shut down during this scan")
             self._buffer = self._cursor.next_batch(self._batch)
             self._batch = min(self._batch * 2, _SCAN_BATCH_MAX)
             self._pos = 0
@@ -286,7 +289,8 @@ class Snapshot:
     def _live_view(self):
         if self._view is None:
             raise InvalidStateError("the snapshot has been released")
-        self._engine._check_open()
+        if self._engine._closed:
+            self._engine._check_open()
         return self._view
 
     def get(self, key, ts):
@@ -354,6 +358,7 @@ class Engine:
         self._memtable_limit = int(cfg.memtable_size_mb * _MIB)
         self._sync_always = cfg.wal_sync_mode.is_always
         self._cache = BlockCache(int(cfg.block_cache_capacity_mb * _MIB))
+        self._readers = weakref.WeakSet()     # every TableReader opened, closed at shutdown
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._mutex = threading.Lock()
@@ -405,7 +410,7 @@ class Engine:
         self._remove_unlisted_files()
         groups = {}
         for number, (run_id, _size) in man.tables.items():
-            reader = TableReader(os.path.join(self._dir, table_name(number)), number, self._cache)
+            reader = self._open_table(os.path.join(self._dir, table_name(number)), number)
             # run_id 0 (stores written before runs existed): a run of its own.
             groups.setdefault(run_id or -number, []).append(reader)
         self._view = _View(MemTable(), (), _order_runs(groups.values()))
@@ -479,6 +484,11 @@ class Engine:
             except (OSError, FlowError):
                 pass
             self._manifest.close()
+            # Release the tables' descriptors now, not when the objects are
+            # collected: a shut-down engine holds no file of its directory,
+            # also none that a forgotten iterator or snapshot still holds.
+            for table in list(self._readers):
+                table.close()
             self._lock.release()
 
     def close(self) -> None:
@@ -654,6 +664,10 @@ class Engine:
     def _write_group(self, group):
         """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
         try:
+            if self._write_error is None and self._manifest.failed:
+                # No flush can ever be recorded again: refuse writes now, as
+                # after a WAL failure, instead of filling memory until reopen.
+                self._fail_writes(self._manifest._failure, "MANIFEST")
             if self._write_error is not None:
                 raise self._write_error
             self._make_room()
@@ -686,11 +700,11 @@ class Engine:
             for w in group:
                 w.done = True
 
-    def _fail_writes(self, exc):
+    def _fail_writes(self, exc, what="WAL"):
         if self._write_error is None:
-            log.error("WAL write or fsync failed (%s); refusing writes until reopened", exc)
+            log.error("%s write or fsync failed (%s); refusing writes until reopened", what, exc)
             self._write_error = FlowError(
-                f"the WAL failed ({exc}); the engine refuses writes until it is reopened")
+                f"the {what} failed ({exc}); the engine refuses writes until it is reopened")
 
     def _sync_wal_if_dirty(self):
         if self._wal_dirty:
@@ -804,7 +818,12 @@ class Engine:
             raise
         os.rename(tmp, final)
         fsync_dir(self._dir)
-        return TableReader(final, number, self._cache)
+        return self._open_table(final, number)
+
+    def _open_table(self, path, number):
+        reader = TableReader(path, number, self._cache)
+        self._readers.add(reader)
+        return reader
 
     def _delete_obsolete_wal(self, flushed_seq):
         if self._wal is None:
@@ -897,7 +916,7 @@ class Engine:
                 os.rename(path, final)
                 produced.append((number, final))
         fsync_dir(self._dir)
-        readers = tuple(TableReader(final, number, self._cache) for number, final in produced)
+        readers = tuple(self._open_table(final, number) for number, final in produced)
         run_id = readers[0].file_number if readers else 0
         self._manifest.log_edit(add=[(r.file_number, run_id, r.file_size) for r in readers],
                                 delete=[t.file_number for t in tables])
@@ -1058,7 +1077,7 @@ class Engine:
 
     def get(self, key, ts):
         """The record at exactly (key, ts), or None."""
-        if self._closed or self._background_error is not None:
+        if self._closed:                   # a background failure is a writer's news
             self._check_open()
         key = as_key(key)
         ts = as_ts(ts)
@@ -1082,7 +1101,7 @@ class Engine:
 
     def get_latest(self, key):
         """The live record of key with the greatest ts, or None."""
-        if self._closed or self._background_error is not None:
+        if self._closed:                   # a background failure is a writer's news
             self._check_open()
         key = as_key(key)
         started = _perf_ns()
@@ -1099,7 +1118,8 @@ class Engine:
 
     def scan_opt(self, range: ScanRange, opts: ReadOptions) -> ScanIterator:
         """A lazy iterator over a snapshot of the records that `range` selects."""
-        self._check_open()
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
         view, seq = self._snapshot()
         return self._scan_at(view, seq, range, opts)
 

@@ -293,6 +293,11 @@ class Manifest:
         return self._state.last_seq
 
     @property
+    def failed(self) -> bool:
+        """True once a write or fsync of the manifest failed (every later edit raises)."""
+        return self._failure is not None
+
+    @property
     def size(self) -> int:
         """Bytes in MANIFEST now."""
         return self._size

@@ -15,6 +15,13 @@ import pytest
 BACKEND_ENV = "FLOWDB_STORAGE_BACKEND"
 
 
+def pytest_configure(config):
+    # FLOWDB_FULL=1 is the full tier: the slow tests run too, unless a -m
+    # expression other than pyproject's default "not slow" was given.
+    if os.environ.get("FLOWDB_FULL") == "1" and config.option.markexpr == "not slow":
+        config.option.markexpr = ""
+
+
 def _default_backend():
     from flowdb import StorageBackendKind
 

@@ -5,15 +5,12 @@ Every refused call leaves the store exactly as it was, also after reopen.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 import flowdb
 from flowdb import NEVER, Config, Engine, FlowError, Query, Record, ScanRange, SyncMode
-from helpers.common import (INT64_MAX, INT64_MIN, MAX_TTL_SECS, child_env, dump, now_us,
-                            run_python)
+from helpers.common import INT64_MAX, INT64_MIN, MAX_TTL_SECS, dump, now_us
 
 ERROR_NAMES = ["FlowError", "NotFoundError", "ConstraintError", "DataError", "ReadOnlyError",
                "TransactionInactiveError", "InvalidStateError", "CorruptionError", "LockError"]
@@ -398,91 +395,6 @@ def test_existing_store_opens_without_create(engine_factory, tmp_path):
     e.shutdown()
     e = engine_factory(create_if_missing=False)
     assert e.get(b"k", 1).value == b"v"
-
-
-# ------------------------------------------------------------ LockError
-
-def test_second_open_in_same_process_raises_lock_error(engine_factory, tmp_path):
-    e = engine_factory()
-    e.write_batch([R(b"k", 1, b"v")])
-    with pytest.raises(LockError):
-        Engine.open(str(tmp_path / "db"), auto_background=False)
-    # the first engine is unaffected
-    e.write_batch([R(b"k", 2, b"w")])
-    assert len(dump(e)) == 2
-    e.shutdown()
-    e2 = engine_factory()
-    assert len(dump(e2)) == 2
-
-
-def test_open_while_another_process_holds_lock(engine_factory, tmp_path):
-    e = engine_factory()
-    code = (
-        "import sys\n"
-        "import flowdb\n"
-        "from flowdb import Engine\n"
-        "try:\n"
-        "    Engine.open(sys.argv[1], auto_background=False)\n"
-        "except Exception as exc:\n"
-        "    print(type(exc).__name__, isinstance(exc, flowdb.FlowError))\n"
-        "else:\n"
-        "    print('opened')\n"
-    )
-    res = run_python(code, tmp_path / "db")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["LockError", "True"], res.stdout + res.stderr
-    e.write_batch([R(b"still", 1, b"ok")])
-    assert e.get(b"still", 1) is not None
-
-
-def test_parent_open_refused_while_child_holds_lock(tmp_path):
-    code = (
-        "import sys\n"
-        "from flowdb import Engine, Record\n"
-        "e = Engine.open(sys.argv[1], auto_background=False)\n"
-        "e.write_batch([Record(b'child', 1, b'x')])\n"
-        "print('ready', flush=True)\n"
-        "sys.stdin.readline()\n"
-        "e.shutdown()\n"
-        "print('done', flush=True)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "db")], env=child_env(),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        with pytest.raises(LockError):
-            Engine.open(str(tmp_path / "db"), auto_background=False)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "done"
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    with Engine.open(str(tmp_path / "db"), auto_background=False) as e:
-        assert e.get(b"child", 1) is not None
-
-
-def test_lock_released_when_holder_is_killed(tmp_path):
-    code = (
-        "import sys, time\n"
-        "from flowdb import Engine, Record\n"
-        "e = Engine.open(sys.argv[1], auto_background=False)\n"
-        "e.write_batch([Record(b'child', 1, b'x')])\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "db")], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
-    with Engine.open(str(tmp_path / "db"), auto_background=False) as e:
-        assert e.get(b"child", 1) is not None
 
 
 # ------------------------------------------------------- WAL failure: read-only until reopen

@@ -98,6 +98,7 @@ cdef class TableReader(Source):
     cdef int fd                       # -1 once closed
     cdef bytes bloom                  # filter bytes; b"" means none
     cdef const uint8_t *bloom_ptr     # into bloom, for may_contain without the GIL
+    cdef object __weakref__           # the engine tracks its readers weakly, to close them at shutdown
     cdef size_t bloom_len
     cdef IndexEntry *index            # num_blocks entries, in key order
     cdef size_t num_blocks

@@ -9,6 +9,11 @@ expected data or raise CorruptionError.  Prints "start OFFSET" before and one
 JSON line {"offset":..., "outcome": "ok"|"corruption"|"wrong"|"error",
 "detail": ...} after each offset, so that the parent can tell a crash
 (a "start" without a result) from a verdict.
+
+With FLOWDB_CORRUPT_COMPACT=1 the engine first runs trigger_compaction() on
+the damaged copy (a CorruptionError there is a detection), then reads, then
+the copy is opened and read once more: compaction must never have written
+wrong data into a new, validly checksummed table.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ import traceback
 from flowdb import CorruptionError, Engine, ScanRange
 
 
+COMPACT = os.environ.get("FLOWDB_CORRUPT_COMPACT") == "1"
+
+
 def as_tuple(r):
     return (r.key, r.ts, r.value, r.expire_at)
 
@@ -31,7 +39,7 @@ def load_expected(path):
     return [(bytes.fromhex(k), ts, bytes.fromhex(v), exp) for k, ts, v, exp in raw]
 
 
-def check_copy(data_dir, expected):
+def check_copy(data_dir, expected, compact=False):
     """Returns (outcome, detail)."""
     corruption = []
     wrong = []
@@ -49,6 +57,12 @@ def check_copy(data_dir, expected):
     except CorruptionError as exc:
         return "corruption", f"open: {exc}"
     try:
+        if compact:
+            def compaction():
+                engine.trigger_compaction()
+
+            attempt("compaction", compaction)
+
         def full_query():
             got = [as_tuple(r) for r in engine.query_by_prefix(b"")]
             assert got == expected, _diff(got, expected)
@@ -125,7 +139,11 @@ def main():
             f.seek(off)
             f.write(bytes([b[0] ^ mask]))
         try:
-            outcome, detail = check_copy(copy, expected)
+            outcome, detail = check_copy(copy, expected, COMPACT)
+            if COMPACT and outcome != "wrong":
+                again, why = check_copy(copy, expected)
+                if again != "ok":
+                    outcome, detail = again, f"after compaction: {why}"
         except Exception as exc:  # any other exception type is a failure
             outcome, detail = "error", "".join(traceback.format_exception(exc))[-2000:]
         print(json.dumps({"offset": off, "outcome": outcome, "detail": detail}), flush=True)

@@ -4,7 +4,10 @@ usage: writer_child.py DATA_DIR GEN THREADS SYNC [SEED]
 
 SYNC is "always" or an interval in ms.  Thread t writes batch n as N records
 (N = 1..40, chosen by a seeded RNG) with key f"t{t}:{i}", ts GEN * 10**6 + n,
-and value made by encode_value(); once write_batch returns it prints
+and value made by encode_value(), plus one overwrite record: key f"t{t}:last",
+ts 0, value encode_value(..., i=count, ...), rewritten by every batch of the
+thread, so after a crash it must name the newest surviving batch of its
+thread (overwrites resolve to the newest).  Once write_batch returns it prints
 "ack GEN t n N" and flushes stdout.  It prints "ready" once the engine is open.
 The engine runs with a tiny memtable and background maintenance on, so
 flushes and compactions are cut by the kill too.
@@ -48,12 +51,9 @@ def config(sync):
                 wal_segment_size_mb=0.05)
 
 
-def main():
-    data_dir, gen, threads, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    seed = int(sys.argv[5]) if len(sys.argv) > 5 else gen
-    engine = Engine.open(data_dir, **config(sync))
+def start_writers(engine, gen, threads, seed):
+    """Starts `threads` daemon writer threads (the protocol above); returns them."""
     lock = threading.Lock()
-    print("ready", flush=True)
 
     def writer(t):
         rng = random.Random(seed * 1000 + t)
@@ -63,6 +63,7 @@ def main():
             size = rng.choice([4, 16, 100, 1000])
             batch = [Record(f"t{t}:{i}", gen * TS_PER_GEN + n, encode_value(gen, t, n, i, count, size))
                      for i in range(count)]
+            batch.append(Record(f"t{t}:last", 0, encode_value(gen, t, n, count, count, 16)))
             engine.write_batch(batch)
             with lock:
                 sys.stdout.write(f"ack {gen} {t} {n} {count}\n")
@@ -72,7 +73,15 @@ def main():
     ts = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(threads)]
     for th in ts:
         th.start()
-    for th in ts:
+    return ts
+
+
+def main():
+    data_dir, gen, threads, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    seed = int(sys.argv[5]) if len(sys.argv) > 5 else gen
+    engine = Engine.open(data_dir, **config(sync))
+    print("ready", flush=True)
+    for th in start_writers(engine, gen, threads, seed):
         th.join()
 
 

@@ -9,147 +9,32 @@ SyncMode.interval_ms: a suffix of acknowledged batches may be lost, never a
 part of a batch, never a hole, never older data.
 
 A kill can also land during recovery (an open after a crash).
+
+Overwrites: every batch of a thread also rewrites (f"t{t}:last", ts 0); after
+each reopen it names the newest surviving batch of that thread.
 """
 from __future__ import annotations
 
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 
 import pytest
 
-from flowdb import Engine, SyncMode
-from helpers.common import FULL, HELPERS_DIR, child_env
-from helpers.writer_child import TS_PER_GEN, decode_value
-
-WRITER = str(HELPERS_DIR / "writer_child.py")
-
-
-class Child:
-    """A writer_child process whose acks are collected with arrival times."""
-
-    def __init__(self, data_dir, gen, threads, sync):
-        self.acks = []  # (arrival time, gen, t, n, count)
-        self.proc = subprocess.Popen(
-            [sys.executable, WRITER, str(data_dir), str(gen), str(threads), sync],
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            parts = line.split()
-            if parts == ["ready"]:
-                self.ready.set()
-            elif line.endswith("\n") and len(parts) == 5 and parts[0] == "ack":
-                self.acks.append((time.monotonic(), *map(int, parts[1:])))
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.reader.join(timeout=10)
-        err = self.proc.stderr.read()
-        self.proc.stderr.close()
-        return time.monotonic(), err
-
-
-def kill_during_recovery(data_dir, rng):
-    """Open the store in a child (recovery) and SIGKILL it at a random moment."""
-    code = ("import sys\nfrom flowdb import Engine\n"
-            "from helpers.writer_child import config\n"
-            "e = Engine.open(sys.argv[1], **config('always'))\n"
-            "print('opened', flush=True)\n"
-            "import time\ntime.sleep(0.05)\n"
-            "e.shutdown()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(rng.uniform(0.05, 0.6))
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    assert proc.returncode in (0, -signal.SIGKILL), f"recovery child failed:\n{err}"
-
-
-def read_batches(data_dir):
-    """{(gen, t, n): (count, set of i)} of every record in the store.
-
-    Fails on any record that is not intact or not where its value says.
-    """
-    found = defaultdict(lambda: [None, set()])
-    with Engine.open(str(data_dir), auto_background=False) as e:
-        for r in e.query_by_prefix(b""):
-            d = decode_value(r.value)
-            assert d is not None, f"damaged value at {r.key!r} ts={r.ts}: {r.value[:60]!r}"
-            gen, t, n, i, count = d
-            assert r.key == f"t{t}:{i}".encode(), f"record {d} under key {r.key!r}"
-            assert r.ts == gen * TS_PER_GEN + n, f"record {d} at ts {r.ts}"
-            assert 0 <= i < count
-            entry = found[(gen, t, n)]
-            assert entry[0] in (None, count), f"batch {(gen, t, n)} has two counts"
-            entry[0] = count
-            assert i not in entry[1]
-            entry[1].add(i)
-    return {k: (c, s) for k, (c, s) in found.items()}
-
-
-def check_store(data_dir, history, gen, acks, threads, kill_time, sync):
-    """Checks the store after generation `gen` was killed.
-
-    history: {(gen, t, n): count} of every batch accepted in earlier
-    generations (they must all still be there, unchanged).
-    """
-    batches = read_batches(data_dir)
-    for key, (count, present) in batches.items():
-        assert present == set(range(count)), (
-            f"batch {key} is partial: {len(present)} of {count} records")
-    # Earlier generations: exactly as verified before.
-    old = {k: c for k, (c, _) in batches.items() if k[0] < gen}
-    assert old == history, "batches of earlier generations changed after a crash"
-    acked = defaultdict(dict)  # t -> {n: (count, arrival)}
-    for arrival, g, t, n, count in acks:
-        assert g == gen
-        acked[t][n] = (count, arrival)
-    for t in range(threads):
-        present = sorted(n for (g, tt, n) in batches if g == gen and tt == t)
-        k = len(present) - 1
-        assert present == list(range(k + 1)), f"thread {t}: hole in batches {present}"
-        last_acked = max(acked[t], default=-1)
-        for n in present:
-            if n in acked[t]:
-                assert batches[(gen, t, n)][0] == acked[t][n][0]
-        if sync == "always":
-            assert k >= last_acked, (
-                f"thread {t}: acknowledged batch {last_acked} lost (only 0..{k} present)")
-            assert k <= last_acked + 1, (
-                f"thread {t}: batch {k} present but only {last_acked} was ever started")
-        else:
-            # A suffix may be lost, but only of the last interval (with a wide
-            # margin for scheduling): batches acknowledged well before the
-            # kill are durable.
-            old_enough = [n for n, (_, at) in acked[t].items() if kill_time - at > 1.5]
-            if old_enough:
-                assert k >= max(old_enough), (
-                    f"thread {t}: batch {max(old_enough)} acknowledged >1.5 s before the "
-                    f"kill is lost (only 0..{k} present)")
-            assert k <= last_acked + 1
-    history.update({k: c for k, (c, _) in batches.items()})
-    return batches
+from flowdb import Engine
+from helpers.crash_check import Child, check_store, kill_during_recovery
 
 
 def crash_cycles(tmp_path, cycles, threads, sync, recovery_kills, seed):
+    """Returns the figures: cycles, recovery kills, acknowledged batches and
+    acknowledged batches lost (0 under ALWAYS; a suffix under interval sync)."""
     rng = random.Random(seed)
     data_dir = tmp_path / "db"
     history = {}
-    total_acked = 0
+    figures = dict(cycles=cycles, recovery_kills=0, acked=0, lost=0)
     for gen in range(1, cycles + 1):
         child = Child(data_dir, gen, threads, sync)
         if not child.ready.wait(timeout=60):
@@ -158,13 +43,18 @@ def crash_cycles(tmp_path, cycles, threads, sync, recovery_kills, seed):
         time.sleep(rng.uniform(0.05, 1.0))
         kill_time, err = child.kill()
         assert child.proc.returncode == -signal.SIGKILL, f"writer child died by itself:\n{err}"
-        total_acked += len(child.acks)
         if recovery_kills and rng.random() < recovery_kills:
             for _ in range(rng.randint(1, 3)):
                 kill_during_recovery(data_dir, rng)
-        check_store(data_dir, history, gen, child.acks, threads, kill_time, sync)
-    assert total_acked > 0, "no batch was ever acknowledged"
-    return history
+                figures["recovery_kills"] += 1
+        batches = check_store(data_dir, history, gen, child.acks, threads, kill_time, sync)
+        figures["acked"] += len(child.acks)
+        figures["lost"] += sum(1 for _, g, t, n, _c in child.acks if (g, t, n) not in batches)
+    assert figures["acked"] > 0, "no batch was ever acknowledged"
+    if sync == "always":
+        assert figures["lost"] == 0
+    print(f"\nFIGURES kill -9 sync={sync}: {figures}")
+    return figures
 
 
 def test_sigkill_always_every_acked_batch_survives(tmp_path):
@@ -269,7 +159,7 @@ def test_sigkill_always_many_cycles(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_interval_many_cycles(tmp_path):
-    crash_cycles(tmp_path, cycles=30, threads=3, sync="20", recovery_kills=0.3,
+    crash_cycles(tmp_path, cycles=50, threads=3, sync="20", recovery_kills=0.3,
                  seed=int(os.environ.get("FLOWDB_SEED", "12")))
 
 
@@ -287,9 +177,3 @@ def test_sigkill_during_recovery_many_times(tmp_path):
         for _ in range(15):
             kill_during_recovery(data_dir, rng)
         check_store(data_dir, history, gen, child.acks, 2, kill_time, "always")
-
-
-if FULL:
-    # FLOWDB_FULL=1: the default tier runs many more cycles too.
-    def test_sigkill_always_full_tier(tmp_path):
-        crash_cycles(tmp_path, cycles=50, threads=3, sync="always", recovery_kills=0.5, seed=21)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from flowdb import CorruptionError, Engine, FlowError, Record, StorageBackendKind, SyncMode
-from helpers.common import (FULL, HELPERS_DIR, MANIFEST_HEADER, WAL_HEADER, WAL_RECORD_HEADER,
+from helpers.common import (FULL, HELPERS_DIR, WAL_RECORD_HEADER,
                             child_env, dump, flip_byte, manifest_edits, sst_files, wal_files,
                             wal_records)
 
@@ -224,8 +224,11 @@ def test_wal_middle_record_corruption_raises(wal_store, tmp_path, where):
                   "payload": off + WAL_RECORD_HEADER + (size - WAL_RECORD_HEADER) // 2}[where]
         work = fresh_copy(pristine, tmp_path)
         flip_byte(work / wal.name, target, 0x01 if where != "length" else 0x10)
-        with pytest.raises(CorruptionError):
+        with pytest.raises(CorruptionError) as info:
             open_dump(work)
+        assert info.value.path is not None and info.value.path.endswith(wal.name), str(info.value)
+        assert info.value.offset == off, f"flip in record at {off}: {info.value}"
+        assert wal.name in str(info.value) and f"offset {off}" in str(info.value)
 
 
 def test_wal_middle_corruption_names_segment(wal_store, tmp_path):
@@ -304,6 +307,8 @@ def flushed_store(tmp_path):
             e.write_batch([Record(b"s%02d:%03d" % (j, i), i - 20,
                                   rng.randbytes(i % 50) + bytes([j]) * (i % 7))
                            for i in range(120)])
+            e.delete_batch([(b"s%02d:%03d" % (j, i), i - 20) for i in range(0, 120, 17)])
+            e.delete_range(b"s%02d:050" % j, b"s%02d:053" % j)
             e.flush()
         expected = dump(e)
     finally:
@@ -333,8 +338,11 @@ def test_manifest_middle_corruption_raises(tmp_path):
         for target in (off, off + 5, off + 8 + (size - 8) // 2):
             work = fresh_copy(pristine, tmp_path)
             flip_byte(work / "MANIFEST", target, 0x02)
-            with pytest.raises(CorruptionError):
+            with pytest.raises(CorruptionError) as info:
                 open_dump(work)
+            assert str(info.value.path).endswith("MANIFEST"), str(info.value)
+            assert info.value.offset == off, f"flip in edit at {off}: {info.value}"
+            assert "MANIFEST" in str(info.value) and f"offset {off}" in str(info.value)
 
 
 @pytest.mark.parametrize("offset", [0, 3, 8, 12])
@@ -416,17 +424,47 @@ def test_unlisted_files_are_removed_at_open(flushed_store, tmp_path):
 
 # ------------------------------------------------------------ SSTable byte flips
 
-def _flip_offsets(size, budget, rng):
-    head = range(0, min(size, 64))
-    tail = range(max(0, size - 160), size)
+FOOTER_SIZE = 4 * 16 + 4 + 4 + 8        # docs/FORMAT.md "SSTable"
+TRAILER = 1 + 4
+
+
+def sst_sections(path):
+    """{section: range of offsets} of an SSTable, from its footer:
+    data, range_del, bloom, props, index (each block with its trailer), footer."""
+    data = Path(path).read_bytes()
+    size = len(data)
+    handles = struct.unpack_from("<8Q", data, size - FOOTER_SIZE)
+    index, bloom, props, rdel = (handles[i:i + 2] for i in range(0, 8, 2))
+    out = {"data": range(0, rdel[0])}
+    for name, (off, n) in (("range_del", rdel), ("bloom", bloom), ("props", props),
+                           ("index", index)):
+        out[name] = range(off, off + n + TRAILER)
+    out["footer"] = range(size - FOOTER_SIZE, size)
+    assert sum(len(r) for r in out.values()) == size, f"sections do not tile {path}: {out}"
+    return out
+
+
+def _flip_offsets(path, budget, rng):
+    """Offsets to flip: all of them in the full tier or a small table, else
+    a sample of `budget` that covers every section of the table (the first
+    and last bytes of each, and random ones inside)."""
+    size = Path(path).stat().st_size
     if FULL or size <= budget:
-        return sorted(set(range(size)))
-    ends = set(head) | set(tail)
-    middle = rng.sample(range(size), max(0, budget - len(ends)))
-    return sorted(ends | set(middle))
+        return list(range(size))
+    sections = sst_sections(path)
+    per = max(8, budget // len(sections))
+    chosen = set()
+    for r in sections.values():
+        if len(r) <= per:
+            chosen.update(r)
+        else:
+            chosen.update(r[:per // 4])
+            chosen.update(r[-(per // 4):])
+            chosen.update(rng.sample(r, per - 2 * (per // 4)))
+    return sorted(chosen)
 
 
-def run_flip_reader(pristine, work, expected, name, mask, offsets, tmp_path):
+def run_flip_reader(pristine, work, expected, name, mask, offsets, tmp_path, compact=False):
     """Runs helpers/corrupt_reader.py over offsets; restarts it after a crash.
     Returns {offset: (outcome, detail)}."""
     exp_path = tmp_path / "expected.json"
@@ -437,7 +475,8 @@ def run_flip_reader(pristine, work, expected, name, mask, offsets, tmp_path):
         proc = subprocess.run(
             [sys.executable, str(HELPERS_DIR / "corrupt_reader.py"), str(pristine), str(work),
              str(exp_path), name, str(mask), *map(str, todo)],
-            env=child_env(), capture_output=True, text=True, timeout=1800)
+            env={**child_env(), "FLOWDB_CORRUPT_COMPACT": "1" if compact else "0"},
+            capture_output=True, text=True, timeout=3600)
         started = None
         for line in proc.stdout.splitlines():
             if line.startswith("start "):
@@ -459,15 +498,20 @@ def test_sstable_byte_flips_never_give_wrong_data(flushed_store, tmp_path, mask)
     pristine, expected = flushed_store
     rng = random.Random(mask)
     failures = []
+    FLIP_FIGURES.update(injected=0, detected=0)
     for sst in sst_files(pristine)[:2]:
         size = sst.stat().st_size
-        offsets = _flip_offsets(size, 180, rng)
+        offsets = _flip_offsets(sst, 180, rng)
         results = run_flip_reader(pristine, tmp_path / "work", expected, sst.name, mask,
                                   offsets, tmp_path)
+        FLIP_FIGURES["injected"] += len(results)
+        FLIP_FIGURES["detected"] += sum(1 for r in results.values() if r[0] == "corruption")
         bad = {o: r for o, r in results.items() if r[0] not in ("ok", "corruption")}
         failures += [f"{sst.name}@{o} ({size} bytes): {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())]
         detected = sum(1 for r in results.values() if r[0] == "corruption")
         assert detected > 0 or failures, f"no flip in {sst.name} was ever detected"
+    print(f"\nFIGURES sstable flips mask={mask:#x}: injected={FLIP_FIGURES['injected']} "
+          f"detected={FLIP_FIGURES['detected']} wrong_or_crash={len(failures)}")
     assert not failures, f"{len(failures)} flips gave wrong data or crashed:\n" + "\n".join(failures[:20])
 
 
@@ -488,4 +532,33 @@ def test_sstable_every_byte_flip_large_table(tmp_path):
     results = run_flip_reader(pristine, tmp_path / "work", expected, sst.name, 0xFF,
                               range(sst.stat().st_size), tmp_path)
     bad = {o: r for o, r in results.items() if r[0] not in ("ok", "corruption")}
+    print(f"\nFIGURES large sstable every-byte flips: injected={len(results)} "
+          f"detected={sum(1 for r in results.values() if r[0] == 'corruption')} wrong_or_crash={len(bad)}")
     assert not bad, "\n".join(f"@{o}: {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())[:20])
+
+
+FLIP_FIGURES = {"injected": 0, "detected": 0}
+
+
+def test_sstable_sections_tile_the_file(flushed_store):
+    pristine, _ = flushed_store
+    for sst in sst_files(pristine):
+        sections = sst_sections(sst)
+        assert all(len(r) > 0 for r in sections.values()), sections
+
+
+@pytest.mark.parametrize("mask", [0xFF, 0x04])
+def test_compaction_never_writes_corrupt_output(flushed_store, tmp_path, mask):
+    """Damage one input table, compact: the compaction raises CorruptionError
+    (and changes nothing) or its output holds exactly the right data."""
+    pristine, expected = flushed_store
+    rng = random.Random(100 + mask)
+    sst = sst_files(pristine)[1]
+    offsets = _flip_offsets(sst, 120, rng)
+    results = run_flip_reader(pristine, tmp_path / "work", expected, sst.name, mask,
+                              offsets, tmp_path, compact=True)
+    bad = {o: r for o, r in results.items() if r[0] not in ("ok", "corruption")}
+    print(f"\nFIGURES compaction over flipped table mask={mask:#x}: injected={len(results)} "
+          f"detected={sum(1 for r in results.values() if r[0] == 'corruption')} wrong_or_crash={len(bad)}")
+    assert not bad, "\n".join(f"@{o}: {r[0]}: {r[1][:300]}" for o, r in sorted(bad.items())[:20])
+    assert any(r[0] == "corruption" for r in results.values())
