@@ -207,6 +207,8 @@ class JsonDB:
     def _store_meta(self, name):
         m = self._catalog.stores.get(name)
         if m is None:
+            if not isinstance(name, str):
+                raise TypeError(f"a store name must be a str, not {type(name).__name__}")
             raise NotFoundError(f"no object store named {name!r}")
         return m
 

@@ -136,3 +136,14 @@ def test_non_str_object_keys_refused(s):
     with pytest.raises(DataError):
         s.put("s", {"id": 1, "l": [{"a": {(1,): 2}}]})
     assert s.count("s") == 0
+
+
+def test_schema_calls_with_a_non_str_store_name_raise_type_error(db):
+    """API.md section 3: wrong argument types raise TypeError (create_index,
+    delete_index and delete_object_store used to raise NotFoundError)."""
+    db.create_object_store("s", "id")
+    for call in (lambda: db.create_index(3, "i", ["a"]), lambda: db.create_index_on(None, "i", "a"),
+                 lambda: db.delete_index(3, "i"), lambda: db.delete_object_store(3)):
+        with pytest.raises(TypeError):
+            call()
+    assert db.store_names() == ["s"]
