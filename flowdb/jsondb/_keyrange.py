@@ -22,18 +22,26 @@ class KeyRange:
 
     @classmethod
     def only(cls, key):
+        if key is None:
+            raise DataError("None is not a valid key")
         return cls(key, key)
 
     @classmethod
     def lower_bound(cls, key, open=False):
+        if key is None:
+            raise DataError("None is not a valid key")
         return cls(key, None, lower_open=open)
 
     @classmethod
     def upper_bound(cls, key, open=False):
+        if key is None:
+            raise DataError("None is not a valid key")
         return cls(None, key, upper_open=open)
 
     @classmethod
     def bound(cls, lower, upper, lower_open=False, upper_open=False):
+        if lower is None or upper is None:      # IDBKeyRange.bound(null, ...): DataError
+            raise DataError("None is not a valid key (KeyRange.bound needs both bounds)")
         return cls(lower, upper, lower_open, upper_open)
 
     def includes(self, key):

@@ -160,3 +160,17 @@ def test_format_doc_matches_code():
     assert _keys.index_prefix(7, 3) == b"\x00J\x03" + (7).to_bytes(4, "big") + (3).to_bytes(4, "big")
     assert f'{{"version": {_schema.CATALOG_VERSION},' in section
     assert "unique index entry:= 00 4A 03 u32be(store_id) u32be(index_id) idbkey(index key)            -> idbkey(pk)" in section
+
+
+def test_keyrange_factories_refuse_none():
+    """IDBKeyRange.only/lowerBound/upperBound/bound(null) throw DataError;
+    None used to give an unbounded range silently."""
+    import pytest
+    from flowdb import DataError
+    from flowdb.jsondb import KeyRange
+    for call in (lambda: KeyRange.bound(None, 5), lambda: KeyRange.bound(1, None),
+                 lambda: KeyRange.bound(None, None), lambda: KeyRange.only(None),
+                 lambda: KeyRange.lower_bound(None), lambda: KeyRange.upper_bound(None)):
+        with pytest.raises(DataError):
+            call()
+    assert KeyRange.lower_bound(1).includes(10) and not KeyRange.upper_bound(1).includes(10)
