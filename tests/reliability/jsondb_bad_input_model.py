@@ -97,6 +97,7 @@ def valid_path(p):
 
 
 MISSING = object()
+MAX_GENERATED = 2 ** 53     # API.md: past 2**53 the key generator is exhausted
 
 
 def extract(doc, parts):
@@ -166,6 +167,8 @@ def m_put(model, name, doc, mode):
     if key is MISSING:
         if not auto and not s.auto:
             raise Refuse(DataError)
+        if s.gen > MAX_GENERATED:
+            raise Refuse(ConstraintError)           # the generator is exhausted
         key = s.gen
         node = doc
         for p in s.parts[:-1]:
@@ -187,7 +190,7 @@ def m_put(model, name, doc, mode):
         if not valid_key(key) or has_nul(key):
             raise Refuse(DataError)
         if isinstance(key, (int, float)) and key >= s.gen:
-            new_gen = int(math.floor(key)) + 1
+            new_gen = MAX_GENERATED + 1 if key >= MAX_GENERATED else int(math.floor(key)) + 1
         doc = norm(doc)
         overwrite = mode == "put"
     pk = mkey(key)
@@ -431,6 +434,12 @@ def main():
         try:
             compare(db, model)
             for name, s in model.items():       # the key generators survived too
+                if s.gen > MAX_GENERATED:
+                    try:
+                        db.put_auto(name, {"after": "reopen"})
+                    except ConstraintError:
+                        continue
+                    raise AssertionError(f"the key generator of {name!r} was not exhausted")
                 key = db.put_auto(name, {"after": "reopen"})
                 assert mkey(key) == mkey(s.gen), (name, key, s.gen)
         finally:
