@@ -4,7 +4,7 @@ timestamps and overflowing TTLs raise only the documented exceptions and
 leave the store equal to its model (bad_input_model.py, run in a child).
 
 The JsonDB half of item 10 (non-JSON documents, invalid keys and key
-paths) waits for JsonDB.
+paths) is test_jsondb_bad_input.py.
 """
 from __future__ import annotations
 
