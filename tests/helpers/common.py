@@ -61,6 +61,18 @@ def child_env() -> dict:
     return env
 
 
+def run_model_child(script, data_dir, examples, seed) -> dict:
+    """Runs a hypothesis model script (tests/reliability/*_model.py) in a child:
+    it must exit 0 and print a JSON summary last; some calls refused, some accepted."""
+    import json
+    p = subprocess.run([sys.executable, str(script), str(data_dir), str(examples), str(seed)],
+                       env=child_env(), capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["refused"] > 0 and out["accepted"] > 0, out
+    return out
+
+
 def run_python(code: str, *args, timeout=120) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter (same flowdb), returns the result."""
     return subprocess.run([sys.executable, "-c", code, *map(str, args)],

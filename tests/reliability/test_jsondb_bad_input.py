@@ -5,25 +5,17 @@ database equals a plain-Python model of its stores after every call and
 after a reopen (jsondb_bad_input_model.py, run in a child process)."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers.common import FULL, child_env
+from helpers.common import FULL, run_model_child
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsondb_bad_input_model.py")
 
 
 def run(tmp_path, examples, seed):
-    p = subprocess.run([sys.executable, CHILD, str(tmp_path / "db"), str(examples), str(seed)],
-                       env=child_env(), capture_output=True, text=True, timeout=1800)
-    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["refused"] > 0 and out["accepted"] > 0, out
-    return out
+    return run_model_child(CHILD, tmp_path / "db", examples, seed)
 
 
 def test_jsondb_bad_input_only_documented_errors_and_store_matches_model(tmp_path):
