@@ -84,36 +84,29 @@ cdef int _rebuild(MergeState *s) noexcept nogil:
 
 # -- the protocol ------------------------------------------------------------------
 
-cdef int _merge_seek_to_first(fdb_iter *it) noexcept nogil:
-    cdef MergeState *s = <MergeState *>it
+cdef int _position(MergeState *s, const uint8_t *target, size_t target_len) noexcept nogil:
+    """Positions every child (at its first entry if target is NULL, else at
+    the first entry >= target) and rebuilds the heap."""
     cdef fdb_iter *c
     cdef int i, rc
     if s.base.status != FDB_OK:
         return s.base.status
     for i in range(s.n):
         c = s.children[i]
-        rc = c.seek_to_first(c)
+        rc = c.seek_to_first(c) if target == NULL else c.seek(c, target, target_len)
         if rc == FDB_OK:
             rc = c.status
         if rc != FDB_OK:
             return _fail(s, i, rc)
     return _rebuild(s)
+
+
+cdef int _merge_seek_to_first(fdb_iter *it) noexcept nogil:
+    return _position(<MergeState *>it, NULL, 0)
 
 
 cdef int _merge_seek(fdb_iter *it, const uint8_t *target, size_t target_len) noexcept nogil:
-    cdef MergeState *s = <MergeState *>it
-    cdef fdb_iter *c
-    cdef int i, rc
-    if s.base.status != FDB_OK:
-        return s.base.status
-    for i in range(s.n):
-        c = s.children[i]
-        rc = c.seek(c, target, target_len)
-        if rc == FDB_OK:
-            rc = c.status
-        if rc != FDB_OK:
-            return _fail(s, i, rc)
-    return _rebuild(s)
+    return _position(<MergeState *>it, target, target_len)
 
 
 cdef int _merge_next(fdb_iter *it) noexcept nogil:
