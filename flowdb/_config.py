@@ -54,6 +54,9 @@ class StorageBackendKind(enum.Enum):
 class ReadOptions:
     fill_cache: bool = True
     verify_checksums: bool = True
+    # Descending (key, ts) order, as RocksDB's SeekForPrev/Prev: lazy, a few
+    # seeks per record (flowdb._core.read.Cursor).
+    reverse: bool = False
 
 
 _POSITIVE_INT_FIELDS = (

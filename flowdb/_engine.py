@@ -304,6 +304,8 @@ class Snapshot:
     def scan(self, range: ScanRange, opts: ReadOptions = ReadOptions()) -> ScanIterator:
         return self._engine._scan_at(self._live_view(), self._seq, range, opts)
 
+    scan_opt = scan                        # the Engine's spelling
+
     def close(self):
         self._view = None
 
@@ -1135,7 +1137,7 @@ class Engine:
         cursor = _read.Cursor(sources, view.range_dels(), seq, _now_us(),
                               keys.prefix_bytes, keys.start, keys.end,
                               range.ts_start, range.ts_end,
-                              opts.fill_cache, opts.verify_checksums)
+                              opts.fill_cache, opts.verify_checksums, opts.reverse)
         return ScanIterator(self, view, cursor)
 
     def _time_sources(self, view, ts_lo, ts_hi):

@@ -287,8 +287,8 @@ class EngineModel(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.scans) < 3)
     @rule(kind=st.sampled_from(SCAN_KINDS), p=st.sampled_from(PREFIXES), a=keys, b=keys,
-          s=tss, e=tss, opt=st.booleans())
-    def start_scan(self, kind, p, a, b, s, e, opt):
+          s=tss, e=tss, opt=st.booleans(), reverse=st.booleans())
+    def start_scan(self, kind, p, a, b, s, e, opt, reverse):
         lo, hi = sorted([kb(a), kb(b)])
         rng, want = {
             "all": (lambda: ScanRange.all(), lambda: self.expect()),
@@ -301,9 +301,12 @@ class EngineModel(RuleBasedStateMachine):
                                lambda: self.expect(lambda k: lo <= k <= hi, s, e)),
         }[kind]
         r = rng()
-        it = (self.engine.scan_opt(r, ReadOptions(fill_cache=False)) if opt
-              else self.engine.scan(r))
-        self.scans.append([it, want(), 0, kind])
+        if opt or reverse:
+            it = self.engine.scan_opt(r, ReadOptions(fill_cache=not opt, reverse=reverse))
+        else:
+            it = self.engine.scan(r)
+        self.scans.append([it, want()[::-1] if reverse else want(), 0,
+                           kind + (" reversed" if reverse else "")])
 
     @precondition(lambda self: self.scans)
     @rule(data=st.data(), n=st.integers(1, 20))

@@ -6,12 +6,19 @@ child index).  The top of the heap is the current entry; next() advances the
 top child and sifts it down, so a step costs O(log k) key comparisons.  Equal
 internal keys (which only tests produce) come out earlier child first.
 
+seek_for_prev() seeks every child backwards and publishes the greatest entry
+they land on, without a heap (there is no prev() to keep one for); the first
+next() after it re-seeks every child forward to that entry, so the merge
+stays an ordinary forward iterator.  Reverse readers (read.Cursor with
+reverse=True) chain seek_for_prev and seek and never pay for that.
+
 Every protocol function runs without the GIL and touches only the children's
 fdb_iter structs.  A child's error is sticky for the merge: the merge stops
 (valid = 0, status = the child's code) and remembers which child failed, so
 check() raises that child's own exception.
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
 from libc.stdint cimport uint8_t
 from flowdb._core.cdefs cimport fdb_iter, fdb_iter_init, fdb_ikey_cmp, FDB_OK, FDB_ERR_NOMEM
 from flowdb._core.iterator cimport Iterator
@@ -45,17 +52,20 @@ cdef void _sift_down(MergeState *s, int i) noexcept nogil:
     h[i] = v
 
 
+cdef inline void _show(MergeState *s, fdb_iter *c) noexcept nogil:
+    """Makes child c's entry the merge's current one."""
+    s.base.key = c.key
+    s.base.key_len = c.key_len
+    s.base.value = c.value
+    s.base.value_len = c.value_len
+    s.base.valid = 1
+
+
 cdef inline void _publish(MergeState *s) noexcept nogil:
-    cdef fdb_iter *top
     if s.heap_n == 0:
         s.base.valid = 0
         return
-    top = s.children[s.heap[0]]
-    s.base.key = top.key
-    s.base.key_len = top.key_len
-    s.base.value = top.value
-    s.base.value_len = top.value_len
-    s.base.valid = 1
+    _show(s, s.children[s.heap[0]])
 
 
 cdef inline int _fail(MergeState *s, int child, int rc) noexcept nogil:
@@ -91,6 +101,7 @@ cdef int _position(MergeState *s, const uint8_t *target, size_t target_len) noex
     cdef int i, rc
     if s.base.status != FDB_OK:
         return s.base.status
+    s.reseek = 0
     for i in range(s.n):
         c = s.children[i]
         rc = c.seek_to_first(c) if target == NULL else c.seek(c, target, target_len)
@@ -109,12 +120,53 @@ cdef int _merge_seek(fdb_iter *it, const uint8_t *target, size_t target_len) noe
     return _position(<MergeState *>it, target, target_len)
 
 
+cdef int _merge_seek_for_prev(fdb_iter *it, const uint8_t *target, size_t target_len) noexcept nogil:
+    cdef MergeState *s = <MergeState *>it
+    cdef fdb_iter *c
+    cdef fdb_iter *best = NULL
+    cdef int i, rc
+    cdef uint8_t *p
+    if s.base.status != FDB_OK:
+        return s.base.status
+    s.heap_n = 0
+    s.reseek = 0
+    for i in range(s.n):
+        c = s.children[i]
+        rc = c.seek_for_prev(c, target, target_len)
+        if rc == FDB_OK:
+            rc = c.status
+        if rc != FDB_OK:
+            return _fail(s, i, rc)
+        # Strictly greater: on equal keys the earlier child wins, as in next().
+        if c.valid and (best == NULL or fdb_ikey_cmp(c.key, c.key_len, best.key, best.key_len) > 0):
+            best = c
+    if best == NULL:
+        s.base.valid = 0
+        return FDB_OK
+    if best.key_len > s.kcap:
+        p = <uint8_t *>realloc(s.kbuf, best.key_len)
+        if p == NULL:
+            return _fail(s, -1, FDB_ERR_NOMEM)
+        s.kbuf = p
+        s.kcap = best.key_len
+    memcpy(s.kbuf, best.key, best.key_len)
+    s.klen = best.key_len
+    s.reseek = 1
+    _show(s, best)
+    return FDB_OK
+
+
 cdef int _merge_next(fdb_iter *it) noexcept nogil:
     cdef MergeState *s = <MergeState *>it
     cdef int top, rc
     cdef fdb_iter *c
     if s.base.status != FDB_OK:
         return s.base.status
+    if s.reseek:
+        # After seek_for_prev: build the heap at the current entry first.
+        rc = _position(s, s.kbuf, s.klen)
+        if rc != FDB_OK:
+            return rc
     if s.heap_n == 0:
         s.base.valid = 0
         return FDB_OK
@@ -148,6 +200,10 @@ cdef class MergingIterator(Iterator):
         self.st.n = len(self.children)
         self.st.heap_n = 0
         self.st.failed = -1
+        self.st.kbuf = NULL
+        self.st.kcap = 0
+        self.st.klen = 0
+        self.st.reseek = 0
         # Room for at least one slot, so malloc(0) never returns NULL as "success".
         self.st.children = <fdb_iter **>malloc(max(self.st.n, 1) * sizeof(fdb_iter *))
         self.st.heap = <int *>malloc(max(self.st.n, 1) * sizeof(int))
@@ -156,12 +212,20 @@ cdef class MergingIterator(Iterator):
         for i in range(self.st.n):
             child = <Iterator>self.children[i]
             self.st.children[i] = child.it
-        fdb_iter_init(&self.st.base, _merge_seek_to_first, _merge_seek, NULL, _merge_next)
+        cdef bint back = True                # seek_for_prev needs every child's
+        for i in range(self.st.n):
+            back = back and self.st.children[i].seek_for_prev != NULL
+        fdb_iter_init(&self.st.base, _merge_seek_to_first, _merge_seek,
+                      _merge_seek_for_prev, _merge_next)
+        if not back:
+            self.st.base.seek_for_prev = NULL
         self.it = &self.st.base
 
     def __dealloc__(self):
         free(self.st.children)
         free(self.st.heap)
+        free(self.st.kbuf)
+        self.st.kbuf = NULL
         self.st.children = NULL
         self.st.heap = NULL
 
@@ -170,6 +234,8 @@ cdef class MergingIterator(Iterator):
             return 0
         if self.error is not None:
             raise self.error
+        if self.st.base.status == FDB_ERR_NOMEM and self.st.failed < 0:
+            raise MemoryError()
         if 0 <= self.st.failed < len(self.children):
             (<Iterator>self.children[self.st.failed]).check()
         raise CorruptionError(f"merging iterator failed with status {self.st.base.status}")

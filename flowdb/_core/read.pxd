@@ -88,6 +88,10 @@ cdef class Cursor:
     cdef bint _has_lo
     cdef bint _has_hi
     cdef bint _has_pre
+    cdef bint _reverse             # descending (key, ts) order
+    cdef bytearray _upper          # reverse: the first seek_for_prev target
+    cdef uint8_t *_upper_p
+    cdef size_t _upper_n
     cdef bint _started             # the first seek was done
     cdef bint _done                # nothing more to return
     cdef bint _pending_next        # the merge is on the last returned entry
@@ -122,8 +126,13 @@ cdef class Cursor:
     cdef readonly unsigned long long records_returned
 
     cdef int _seek(self, const uint8_t *ukey, size_t n, int64_t ts, uint64_t seq,
-                   unsigned kind) noexcept nogil
+                   unsigned kind, bint back=*) noexcept nogil
+    cdef int _reserve_target(self, size_t n) noexcept nogil
     cdef int _set_cur(self, const uint8_t *k, size_t n) noexcept nogil
+    cdef _set_upper_target(self)
+    cdef int _land(self, bint *new_key) noexcept nogil
+    cdef int _new_ukey(self, const uint8_t *k, size_t ulen) noexcept nogil
     cdef int _find(self) noexcept nogil
+    cdef int _find_back(self) noexcept nogil
     cdef int _fill(self, Py_ssize_t n, size_t budget) noexcept nogil
     cdef int _raise(self, int rc) except -1

@@ -37,7 +37,7 @@ from libc.stdint cimport uint8_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT6
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_write, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
     fdb_ukey_cmp, fdb_get_u64le, FDB_KIND_DELETE, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
-    FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_NOMEM,
+    FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_MAX_KEY, FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_NOMEM,
     FDB_ERR_PYTHON)
 from flowdb._core.iterator cimport Iterator, Source
 from flowdb._core.merge cimport MergingIterator
@@ -228,17 +228,27 @@ cdef bint _seek_version(Iterator itr, bytes key, int64_t ts, uint64_t snapshot,
     cdef size_t kn = len(key)
     cdef uint8_t *t = tbuf
     cdef int rc
-    fdb_ikey_write(t, kp, kn, ts, snapshot, KIND_FIRST)
+    cdef bint found
     with nogil:
-        rc = it.seek(it, t, kn + FDB_TRAILER_SIZE)
-        while (rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn)
-               and fdb_ikey_ts(it.key, it.key_len) == ts
-               and fdb_ikey_kind(it.key, it.key_len) == FDB_KIND_RANGE_DEL):
-            rc = it.next(it)
+        rc = _to_version(it, t, kp, kn, ts, snapshot, &found)
     if rc != FDB_OK or it.status != FDB_OK:
         _raise_iter(itr, rc)
-    return (it.valid and _same_ukey(it.key, it.key_len, kp, kn)
-            and fdb_ikey_ts(it.key, it.key_len) == ts)
+    return found
+
+
+cdef int _to_version(fdb_iter *it, uint8_t *t, const uint8_t *kp, size_t kn, int64_t ts,
+                     uint64_t snapshot, bint *found) noexcept nogil:
+    """Seeks it to the newest entry of (key, ts) with seq <= snapshot (t: a
+    buffer of kn + 16 bytes for the target); found[0]: whether there is one."""
+    fdb_ikey_write(t, kp, kn, ts, snapshot, KIND_FIRST)
+    cdef int rc = it.seek(it, t, kn + FDB_TRAILER_SIZE)
+    while (rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn)
+           and fdb_ikey_ts(it.key, it.key_len) == ts
+           and fdb_ikey_kind(it.key, it.key_len) == FDB_KIND_RANGE_DEL):
+        rc = it.next(it)
+    found[0] = (rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn)
+                and fdb_ikey_ts(it.key, it.key_len) == ts)
+    return rc
 
 
 cdef object _resolve(Iterator itr, bytes key, object range_dels, list sources,
@@ -388,19 +398,34 @@ def get_latest(list sources not None, range_dels, unsigned long long snapshot,
         T = best - 1
 
 
+cdef object _prefix_successor(bytes p):
+    """The least key greater than every key starting with p (None: none)."""
+    cdef Py_ssize_t n
+    p = p.rstrip(b"\xff")
+    n = len(p)                          # (no negative indexes: wraparound=False)
+    return p[:n - 1] + bytes([p[n - 1] + 1]) if n else None
+
+
 # -- Cursor -------------------------------------------------------------------------
 
 @cython.final
 cdef class Cursor:
     """Cursor(sources, range_dels, snapshot, now_us, prefix=None, start=None,
     end=None, ts_lo=INT64_MIN, ts_hi=INT64_MAX, fill_cache=True,
-    verify_checksums=True)
+    verify_checksums=True, reverse=False)
 
     Iterates the live Records of `sources` (newest first) as of `snapshot`,
-    in (key bytewise, ts) ascending order.  Keys: starting with `prefix`
+    in (key bytewise, ts) ascending order, or descending with reverse=True.
+    Keys: starting with `prefix`
     (b"" or None: any) and within the inclusive [start, end] (None:
     unbounded); ts within the inclusive [ts_lo, ts_hi].  An inverted range
     yields nothing.  range_dels as for get().
+
+    Reverse steps go (key, ts) group by group: seek_for_prev to the last
+    entry before the group just returned, then a forward seek to the newest
+    visible version of the group it landed in.  Each step repositions every
+    child, so a reverse scan costs a few seeks per record where a forward
+    one costs a next(): fine for the "last N" reads it is for.
 
     Lazy: nothing is read before the first next()/next_batch(); memory stays
     bounded by the children's current blocks plus one batch.  The cursor
@@ -411,8 +436,9 @@ cdef class Cursor:
     def __init__(self, list sources not None, range_dels, unsigned long long snapshot,
                  long long now_us, bytes prefix=None, bytes start=None, bytes end=None,
                  long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX,
-                 bint fill_cache=True, bint verify_checksums=True):
+                 bint fill_cache=True, bint verify_checksums=True, bint reverse=False):
         cdef Source src
+        self._reverse = reverse
         self._snapshot = _clamp_seq(snapshot)
         self._now = now_us
         self._ts_lo = ts_lo
@@ -449,6 +475,28 @@ cdef class Cursor:
             children.append(src.new_iterator(fill_cache, verify_checksums, ts_lo, ts_hi))
         self._merge = MergingIterator(children)
         self._it = self._merge.it
+        if reverse:
+            if self._it.seek_for_prev == NULL:
+                raise TypeError("reverse=True needs sources whose iterators have seek_for_prev")
+            self._set_upper_target()
+
+    cdef _set_upper_target(self):
+        """The first reverse seek: the last entry a forward scan could return."""
+        succ = _prefix_successor(self._prefix) if self._prefix is not None else None
+        if self._has_hi and (succ is None or self._hi < succ):
+            # (hi, ts_hi, seq 0, kind 0): after every entry of (hi, <= ts_hi).
+            self._upper = bytearray(self._hi_n + FDB_TRAILER_SIZE)
+            self._upper_p = self._upper
+            self._upper_n = len(self._upper)
+            fdb_ikey_write(self._upper_p, self._hi_p, self._hi_n, self._ts_hi, 0, 0)
+            return
+        # (u, INT64_MIN, max seq, KIND_FIRST) sorts before every entry of u,
+        # and no user key exceeds FDB_MAX_KEY bytes of 0xff.
+        u = succ if succ is not None else b"\xff" * (FDB_MAX_KEY + 1)
+        self._upper = bytearray(len(u) + FDB_TRAILER_SIZE)
+        self._upper_p = self._upper
+        self._upper_n = len(self._upper)
+        fdb_ikey_write(self._upper_p, <bytes>u, len(u), INT64_MIN, FDB_MAX_SEQ, KIND_FIRST)
 
     def __dealloc__(self):
         free(self._cur)
@@ -473,7 +521,19 @@ cdef class Cursor:
     # -- the nogil core ----------------------------------------------------
 
     cdef int _seek(self, const uint8_t *ukey, size_t n, int64_t ts, uint64_t seq,
-                   unsigned kind) noexcept nogil:
+                   unsigned kind, bint back=False) noexcept nogil:
+        """seek (back: seek_for_prev) to the internal key (ukey, ts, seq, kind)."""
+        cdef size_t need = n + FDB_TRAILER_SIZE
+        cdef int rc = self._reserve_target(n)
+        if rc != FDB_OK:
+            return rc
+        fdb_ikey_write(self._tbuf, ukey, n, ts, seq, kind)
+        if back:
+            return self._it.seek_for_prev(self._it, self._tbuf, need)
+        return self._it.seek(self._it, self._tbuf, need)
+
+    cdef int _reserve_target(self, size_t n) noexcept nogil:
+        """Room in _tbuf for an internal key of an n-byte user key."""
         cdef size_t need = n + FDB_TRAILER_SIZE
         cdef uint8_t *p
         if need > self._tcap:
@@ -482,8 +542,7 @@ cdef class Cursor:
                 return FDB_ERR_NOMEM
             self._tbuf = p
             self._tcap = need
-        fdb_ikey_write(self._tbuf, ukey, n, ts, seq, kind)
-        return self._it.seek(self._it, self._tbuf, need)
+        return FDB_OK
 
     cdef int _set_cur(self, const uint8_t *k, size_t n) noexcept nogil:
         cdef uint8_t *p
@@ -508,9 +567,12 @@ cdef class Cursor:
         cdef uint64_t seq
         cdef unsigned kind
         cdef int rc, v
+        cdef bint new_key
         self._found = False
         if self._done:
             return FDB_OK
+        if self._reverse:
+            return self._find_back()
         if not self._started:
             self._started = True
             if self._has_lo:
@@ -525,20 +587,13 @@ cdef class Cursor:
             if rc != FDB_OK:
                 return rc
         while True:
-            if not it.valid:
-                if it.status != FDB_OK:
-                    return it.status
-                self._done = True
-                return FDB_OK
+            rc = self._land(&new_key)
+            if rc != FDB_OK or self._done:
+                return rc
             k = it.key
             kn = it.key_len
-            if kn < FDB_TRAILER_SIZE:
-                self._corrupt = BAD_KEY
-                return FDB_ERR_CORRUPTION
             ulen = kn - FDB_TRAILER_SIZE
-            self.records_read += 1
-            if not (self._has_cur and ulen == self._cur_len
-                    and (ulen == 0 or memcmp(k, self._cur, ulen) == 0)):
+            if new_key:
                 # A new user key: the key filter, then its range tombstones.
                 if self._has_hi and fdb_ukey_cmp(k, ulen, self._hi_p, self._hi_n) > 0:
                     self._done = True
@@ -547,13 +602,9 @@ cdef class Cursor:
                                       or memcmp(k, self._pre_p, self._pre_n) != 0):
                     self._done = True
                     return FDB_OK
-                rc = self._set_cur(k, ulen)
+                rc = self._new_ukey(k, ulen)
                 if rc != FDB_OK:
                     return rc
-                self._has_last_ts = False
-                self._emitted_cur = False
-                self._nskip = 0
-                self._cur_rd_seq = self._rdi.covering_seq(k, ulen, self._snapshot)
             ts = fdb_ikey_ts(k, kn)
             if ts < self._ts_lo:
                 if self._nskip < NEXT_BEFORE_SEEK:
@@ -602,6 +653,104 @@ cdef class Cursor:
             rc = it.next(it)
             if rc != FDB_OK:
                 return rc
+
+    cdef int _land(self, bint *new_key) noexcept nogil:
+        """Checks the merge's current entry: sets _done at the end, else
+        new_key[0] = whether its user key differs from _cur."""
+        cdef fdb_iter *it = self._it
+        cdef size_t ulen
+        if not it.valid:
+            if it.status != FDB_OK:
+                return it.status
+            self._done = True
+            return FDB_OK
+        if it.key_len < FDB_TRAILER_SIZE:
+            self._corrupt = BAD_KEY
+            return FDB_ERR_CORRUPTION
+        ulen = it.key_len - FDB_TRAILER_SIZE
+        self.records_read += 1
+        new_key[0] = not (self._has_cur and ulen == self._cur_len
+                          and (ulen == 0 or memcmp(it.key, self._cur, ulen) == 0))
+        return FDB_OK
+
+    cdef int _new_ukey(self, const uint8_t *k, size_t ulen) noexcept nogil:
+        """Makes k[:ulen] the current user key, with its range tombstones."""
+        cdef int rc = self._set_cur(k, ulen)
+        if rc != FDB_OK:
+            return rc
+        self._has_last_ts = False
+        self._emitted_cur = False
+        self._nskip = 0
+        self._cur_rd_seq = self._rdi.covering_seq(k, ulen, self._snapshot)
+        return FDB_OK
+
+    cdef int _find_back(self) noexcept nogil:
+        """_find for reverse=True: the previous live record, or the end."""
+        cdef fdb_iter *it = self._it
+        cdef const uint8_t *k
+        cdef size_t kn, ulen
+        cdef int64_t ts
+        cdef uint64_t seq
+        cdef unsigned kind
+        cdef int rc, v
+        cdef bint new_key, found
+        if not self._started:
+            self._started = True
+            rc = it.seek_for_prev(it, self._upper_p, self._upper_n)
+        else:
+            # Before every entry of the (key, ts) group returned last.
+            rc = self._seek(self._cur, self._cur_len, self._last_ts, FDB_MAX_SEQ, KIND_FIRST, True)
+        while True:
+            if rc != FDB_OK:
+                return rc
+            rc = self._land(&new_key)
+            if rc != FDB_OK or self._done:
+                return rc
+            # On the oldest entry of a (key, ts) group.
+            k = it.key
+            kn = it.key_len
+            ulen = kn - FDB_TRAILER_SIZE
+            if new_key:
+                # Every key below the prefix or below lo is out of range.
+                if self._has_lo and fdb_ukey_cmp(k, ulen, self._lo_p, self._lo_n) < 0:
+                    self._done = True
+                    return FDB_OK
+                if self._has_pre and (ulen < self._pre_n
+                                      or memcmp(k, self._pre_p, self._pre_n) != 0):
+                    self._done = True
+                    return FDB_OK
+                rc = self._new_ukey(k, ulen)
+                if rc != FDB_OK:
+                    return rc
+            ts = fdb_ikey_ts(k, kn)
+            if ts > self._ts_hi:
+                rc = self._seek(self._cur, self._cur_len, self._ts_hi, 0, 0, True)
+                continue
+            if ts < self._ts_lo:
+                rc = self._seek(self._cur, self._cur_len, INT64_MIN, FDB_MAX_SEQ, KIND_FIRST, True)
+                continue
+            # The group's newest visible version (a forward seek, as get() does).
+            self._has_last_ts = True
+            self._last_ts = ts
+            rc = self._reserve_target(self._cur_len)
+            if rc == FDB_OK:
+                rc = _to_version(it, self._tbuf, self._cur, self._cur_len, ts, self._snapshot,
+                                 &found)
+            if rc != FDB_OK:
+                return rc
+            if found:
+                seq = fdb_ikey_seq(it.key, it.key_len)
+                kind = fdb_ikey_kind(it.key, it.key_len)
+                v = _verdict(kind, seq, it.value, it.value_len, self._cur_rd_seq, self._now)
+                if v == V_LIVE:
+                    self._found = True
+                    return FDB_OK
+                if v == V_CORRUPT:
+                    self._corrupt = BAD_ENTRY
+                    return FDB_ERR_CORRUPTION
+            elif it.status != FDB_OK:
+                return it.status
+            rc = self._seek(self._cur, self._cur_len, ts, FDB_MAX_SEQ, KIND_FIRST, True)
 
     cdef int _fill(self, Py_ssize_t n, size_t budget) noexcept nogil:
         """Copies up to n live records (about `budget` bytes) into the arena."""

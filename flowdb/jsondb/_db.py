@@ -15,8 +15,8 @@ from flowdb._errors import ConstraintError, DataError, InvalidStateError, NotFou
 from flowdb._query import ScanRange
 from flowdb.jsondb import _keys, _typed
 from flowdb.jsondb._keyrange import KeyRange
-from flowdb.jsondb._schema import (Catalog, IndexMeta, StoreMeta, as_store_def,
-                                   check_index_def)
+from flowdb.jsondb._schema import (Catalog, IndexMeta, StoreMeta, as_store_def, check_flag,
+                                   check_index_def, check_name, check_name_type)
 from flowdb.jsondb._transaction import Transaction, TransactionMode, load_doc
 
 
@@ -175,10 +175,8 @@ class JsonDB:
     def create_object_store(self, name, key_path, auto_increment=False):
         """ConstraintError if it exists; DataError for a bad key path."""
         self._check_schema_change()
-        if not isinstance(name, str):
-            raise TypeError(f"a store name must be a str, not {type(name).__name__}")
-        if not name:
-            raise DataError("a store name must not be empty")
+        check_name("a store", name)
+        check_flag("auto_increment", auto_increment)
         _keys.parse_key_path(key_path)
         with self._schema_lock:
             cat = self._catalog.copy()
@@ -207,8 +205,7 @@ class JsonDB:
     def _store_meta(self, name):
         m = self._catalog.stores.get(name)
         if m is None:
-            if not isinstance(name, str):
-                raise TypeError(f"a store name must be a str, not {type(name).__name__}")
+            check_name_type("a store", name)
             raise NotFoundError(f"no object store named {name!r}")
         return m
 
@@ -216,8 +213,9 @@ class JsonDB:
         """Create an index and index the existing documents; a unique
         violation raises ConstraintError and leaves no index."""
         self._check_schema_change()
-        if not isinstance(name, str) or not name:
-            raise DataError(f"{name!r} is not a valid index name")
+        check_name("an index", name)
+        check_flag("unique", unique)
+        check_flag("multi_entry", multi_entry)
         key_paths = check_index_def(key_paths, multi_entry)
         with self._schema_lock:
             meta = self._store_meta(store)
@@ -311,11 +309,14 @@ class JsonDB:
         self.apply_store(cls)
 
     def _check_def(self, d):
-        if not isinstance(d.name, str) or not d.name:
-            raise DataError(f"{d.name!r} is not a valid store name")
+        check_name("a store", d.name)
+        check_flag("auto_increment", d.auto_increment)
         _keys.parse_key_path(d.key_path)
         names = set()
         for i in d.indexes:
+            check_name("an index", i.name)
+            check_flag("unique", i.unique)
+            check_flag("multi_entry", i.multi_entry)
             if i.name in names:
                 raise DataError(f"index {i.name!r} is defined twice in {d.name!r}")
             names.add(i.name)

@@ -247,10 +247,8 @@ class QueryBuilder:
         seen = set() if len(plan["ranges"]) > 1 else None
         ranges = plan["ranges"]
         if desc:
-            entries = [kv for lo, hi in ranges for kv in tx._iter_range(lo, hi)]
-            entries.reverse()
-        else:
-            entries = (kv for lo, hi in ranges for kv in tx._iter_range(lo, hi))
+            ranges = ranges[::-1]
+        entries = (kv for lo, hi in ranges for kv in tx._iter_range(lo, hi, desc))
         pk_of = idx.pk_of
         get_raw = tx._get_raw
         docs = meta.docs_prefix

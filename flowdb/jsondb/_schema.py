@@ -47,10 +47,10 @@ class IndexSchema:
     def __init__(self, name, key_paths, unique=False, multi_entry=False):
         if isinstance(key_paths, str):
             key_paths = [key_paths]
-        self.name = name
+        self.name = check_name("an index", name)
         self.key_paths = list(key_paths)
-        self._unique = bool(unique)
-        self._multi_entry = bool(multi_entry)
+        self._unique = check_flag("unique", unique)
+        self._multi_entry = check_flag("multi_entry", multi_entry)
 
     def unique(self, flag=True):
         return IndexSchema(self.name, self.key_paths, flag, self._multi_entry)
@@ -69,9 +69,9 @@ class StoreSchema:
     """
 
     def __init__(self, name, key_path, auto_increment=False, indexes=()):
-        self.name = name
+        self.name = check_name("a store", name)
         self.key_path = key_path
-        self.auto_increment = bool(auto_increment)
+        self.auto_increment = check_flag("auto_increment", auto_increment)
         self.indexes = list(indexes)
 
     def with_index(self, name, key_paths=None, unique=False, multi_entry=False):
@@ -208,6 +208,7 @@ class StoreMeta:
         from flowdb._errors import NotFoundError
         idx = self.indexes.get(name)
         if idx is None:
+            check_name_type("an index", name)
             raise NotFoundError(f"store {self.name!r} has no index {name!r}")
         return idx
 
@@ -215,6 +216,27 @@ class StoreMeta:
         return StoreDef(self.name, self.key_path, self.auto_increment,
                         [i.to_def() for i in sorted(self.indexes.values(), key=lambda i: i.name)],
                         next_auto_id)
+
+
+def check_name_type(what, name):
+    """Lookups: a name that is not a str is a TypeError, any str may be absent."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be a str, not {type(name).__name__}")
+
+
+def check_name(what, name):
+    """A new store or index name: a non-empty str."""
+    check_name_type(what, name)
+    if not name:
+        raise DataError(f"{what} name must not be empty")
+    return name
+
+
+def check_flag(what, flag):
+    """auto_increment, unique, multi_entry: a bool (a truthy "no" is a bug)."""
+    if not isinstance(flag, bool):
+        raise TypeError(f"{what} must be a bool, not {type(flag).__name__}")
+    return flag
 
 
 def check_index_def(key_paths, multi_entry):

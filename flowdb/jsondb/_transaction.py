@@ -23,6 +23,7 @@ from flowdb._core import idbkey
 from flowdb._core.record import NEVER, Record
 from flowdb._errors import (ConstraintError, DataError, NotFoundError, ReadOnlyError,
                             TransactionInactiveError)
+from flowdb._config import ReadOptions
 from flowdb._query import ScanRange
 from flowdb.jsondb import _keys
 from flowdb.jsondb._keyrange import KeyRange, as_range
@@ -31,6 +32,8 @@ index_keys = _keys.index_keys
 _split_writes = idbkey.split_writes
 
 _ABSENT = object()
+_FORWARD = ReadOptions()
+_BACKWARD = ReadOptions(reverse=True)
 _MAX_KEY = 65535
 
 
@@ -76,6 +79,7 @@ class Transaction:
         self._metas = metas              # store name -> StoreMeta, fixed at start
         self.mode = mode
         self._reader = reader            # the Engine (read-write) or a Snapshot
+        self._scan = reader.scan_opt
         self._snapshot = snapshot
         self._locked = locked            # store names whose locks we hold
         self._active = True
@@ -213,27 +217,30 @@ class Transaction:
             self._dirty = False
         return self._sorted
 
-    def _iter_range(self, lo, hi):
-        """(key, value) for engine keys in [lo, hi), ascending, overlay applied."""
+    def _iter_range(self, lo, hi, reverse=False):
+        """(key, value) for engine keys in [lo, hi), ascending (descending if
+        reverse), overlay applied.  Lazy both ways: the engine scans
+        backwards itself (ReadOptions.reverse)."""
         if lo >= hi:
             return
-        scan = iter(self._reader.scan(ScanRange.key_range(lo, hi)))
+        # The engine's key range is inclusive: hi itself may come (first, if reverse).
+        opts = _BACKWARD if reverse else _FORWARD
+        scan = (rec for rec in self._scan(ScanRange.key_range(lo, hi), opts) if rec.key < hi)
         if not self._rw or (not self._sorted and not self._cleared):
             for rec in scan:
-                if rec.key >= hi:
-                    return
                 yield rec.key, rec.value
             return
         srt = self._sorted_keys()
         over = srt[bisect.bisect_left(srt, lo):bisect.bisect_left(srt, hi)]
+        if reverse:
+            over.reverse()
         writes = self._writes
         cleared = self._cleared
         oi = 0
         for rec in scan:
             key = rec.key
-            if key >= hi:
-                break
-            while oi < len(over) and over[oi] < key:
+            # Overlay keys that come before this one in the scan's order.
+            while oi < len(over) and (over[oi] > key if reverse else over[oi] < key):
                 v = writes[over[oi]]
                 if v is not None:
                     yield over[oi], v
@@ -454,18 +461,14 @@ class Transaction:
         return [doc for _, _, doc in self._index_docs(meta, idx, lo, hi)]
 
     def open_cursor(self, store, query=None, direction="next", index=None):
-        """Lazy (key, primary_key, doc) in key order ("next") or reversed
-        ("prev"; the engine scans forward only, so "prev" first reads the
-        keys of the range)."""
+        """Lazy (key, primary_key, doc) in key order ("next") or reversed ("prev")."""
         meta = self._store(store)
         if direction not in ("next", "prev"):
             raise ValueError(f"direction must be 'next' or 'prev', not {direction!r}")
         return self._cursor(meta, as_range(query), direction, index)
 
     def _cursor(self, meta, rng, direction, index):
-        entries = self._entries(meta, rng, index)
-        if direction == "prev":
-            entries = reversed(list(entries))
+        entries = self._entries(meta, rng, index, direction == "prev")
         if index is None:
             n = len(meta.docs_prefix)
             for k, v in entries:
@@ -481,13 +484,13 @@ class Transaction:
                 if raw is not None:
                     yield ikey, _keys.decode(pk), load_doc(raw)
 
-    def _entries(self, meta, rng, index):
+    def _entries(self, meta, rng, index, reverse=False):
         base = meta.docs_prefix if index is None else meta.index(index).prefix
         if rng is None:
             lo, hi = base, _keys.successor(base)
         else:
             lo, hi = rng.byte_range(base)
-        return self._iter_range(lo, hi)
+        return self._iter_range(lo, hi, reverse)
 
     def _index_docs(self, meta, idx, lo, hi):
         for k, v in self._iter_range(lo, hi):

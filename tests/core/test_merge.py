@@ -127,10 +127,10 @@ def test_merge_seek_after_exhaustion_repositions_every_child():
     assert m.value() == b"a"
 
 
-def test_merge_has_no_seek_for_prev():
-    m = MergingIterator([VectorIterator([(ik(b"a", 1, 1), b"a")])])
-    with pytest.raises(NotImplementedError):
-        m.seek_for_prev(ik(b"a", 1, 1))
+def test_merge_seek_for_prev_of_no_children_is_invalid():
+    m = MergingIterator([])
+    m.seek_for_prev(ik(b"a", 1, 1))
+    assert not m.valid
 
 
 def test_merge_rejects_children_that_are_not_iterators():
@@ -229,3 +229,21 @@ def test_merge_matches_model_after_seek(children, key, ts, seq, kind):
     target = ik(key, ts, seq, kind)
     expected = [kv for kv in model_merge(children) if order(kv[0]) >= order(target)]
     assert merged(children, target) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(children_strategy(), st.sampled_from(KEYS), st.sampled_from(TSS), st.integers(0, 21),
+       st.sampled_from([0, 1, 0xFF]))
+def test_merge_seek_for_prev_then_next_matches_model(children, key, ts, seq, kind):
+    """The last entry <= target; next() then goes on forward from there
+    (equal keys: from the earliest child's)."""
+    target = ik(key, ts, seq, kind)
+    model = model_merge(children)
+    below = [order(k) for k, _ in model if order(k) <= order(target)]
+    m = MergingIterator([VectorIterator(c) for c in children])
+    m.seek_for_prev(target)
+    if not below:
+        assert not m.valid
+        return
+    assert order(m.key()) == below[-1]
+    assert list(m.entries()) == [kv for kv in model if order(kv[0]) >= below[-1]]

@@ -159,8 +159,11 @@ class Model(RuleBasedStateMachine):
         tx = self.db.transaction(list(STORES), "readwrite")
         for op in batch:
             state = self._run(tx, state, op)
-            for s in STORES:                              # read-your-writes
-                assert [_keys.encode(d["id"]) for d in tx.scan(s)] == sorted(state[0][s])
+            for s in STORES:                              # read-your-writes, both ways
+                want = sorted(state[0][s])
+                assert [_keys.encode(d["id"]) for d in tx.scan(s)] == want
+                assert [_keys.encode(pk) for _, pk, _ in tx.open_cursor(s, direction="prev")] \
+                    == want[::-1]
         if abort:
             tx.abort()
         else:
@@ -216,6 +219,9 @@ class Model(RuleBasedStateMachine):
                 got = [(_keys.encode(k), _keys.encode(pk))
                        for k, pk, _ in self.db.open_cursor(s, index=name)]
                 assert got == model_entries(self.docs[s], paths, multi), (s, name)
+                back = [(_keys.encode(k), _keys.encode(pk))
+                        for k, pk, _ in self.db.open_cursor(s, index=name, direction="prev")]
+                assert back == got[::-1], (s, name)
 
 
 Model.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,

@@ -162,3 +162,43 @@ def test_decorator_name_defaults_to_class_name(db):
         k: int = 0
     db.apply_schema(Thing)
     assert db.get_store("Thing").auto_increment
+
+
+def test_argument_types_are_checked_before_anything_changes(db):
+    """Wrong types are TypeError (API.md); a truthy "no" is not a flag."""
+    db.create_object_store("s", "id")
+    db.put("s", {"id": 1, "v": 1})
+    with pytest.raises(TypeError):
+        db.create_object_store(7, "id")
+    with pytest.raises(TypeError):
+        db.create_object_store("t", "id", auto_increment="yes")
+    with pytest.raises(TypeError):
+        db.create_index("s", 7, ["v"])
+    with pytest.raises(TypeError):
+        db.create_index("s", "by_v", ["v"], unique="no")
+    with pytest.raises(TypeError):
+        db.create_index("s", "by_v", ["v"], multi_entry=1)
+    with pytest.raises(TypeError):
+        db.get_by_index("s", 7, 1)
+    with pytest.raises(TypeError):
+        StoreSchema("s", "id").with_index("by_v", ["v"], "no")
+    with pytest.raises(TypeError):
+        StoreSchema("s", "id", auto_increment=1)
+    with pytest.raises(TypeError):
+        IndexSchema(None, ["v"])
+    with pytest.raises(TypeError):
+        db.apply_store(StoreDef("s", "id", indexes=[IndexDef("by_v", ["v"], unique="no")]))
+    with pytest.raises(DataError):
+        db.create_index("s", "", ["v"])
+    with pytest.raises(NotFoundError):               # a lookup: any str may be absent
+        db.get_by_index("s", "", 1)
+    assert db.store_names() == ["s"] and db.get_store("s").indexes == []
+    assert db.get("s", 1) == {"id": 1, "v": 1}
+
+
+def test_tuples_are_array_keys(db):
+    """JSON has no tuples: a tuple is the array it is stored as (docs/JSONDB.md)."""
+    db.create_object_store("s", "id")
+    db.put("s", {"id": [1, "a"], "v": 1})
+    assert db.get("s", (1, "a")) == {"id": [1, "a"], "v": 1}
+    assert _keys.encode((1, "a")) == _keys.encode([1, "a"])

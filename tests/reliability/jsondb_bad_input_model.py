@@ -233,7 +233,9 @@ def m_create_store(model, name, key_path, auto):
 
 
 def m_create_index(model, name, iname, paths, unique, multi):
-    if not isinstance(iname, str) or not iname:
+    if not isinstance(iname, str):
+        raise Refuse(TypeError)
+    if not iname:
         raise Refuse(DataError)
     if not isinstance(paths, (str, list, tuple)):
         raise Refuse(TypeError)                     # not a path nor a list of paths
@@ -253,6 +255,8 @@ def m_create_index(model, name, iname, paths, unique, multi):
 
 
 def index_of(s, iname):
+    if not isinstance(iname, str):
+        raise Refuse(TypeError)
     if iname not in s.indexes:
         raise Refuse(NotFoundError)
     return s.indexes[iname]
