@@ -164,6 +164,25 @@ class JsonDB:
             return fn(tx, store, *args)
 
     # ---- schema --------------------------------------------------------------------
+    #
+    # Every schema change, however many stores and indexes it touches, edits
+    # a copy of the catalog in a _SchemaEdit and commits it with its data
+    # (backfilled index entries, range deletes of what it dropped) as one
+    # engine batch: all of it or nothing, as IndexedDB's versionchange.
+
+    def _change_schema(self, stores, edit_fn):
+        """Runs edit_fn(_SchemaEdit) holding the schema lock and the locks of
+        the existing `stores`, then commits the edit as one batch."""
+        self._check_schema_change()
+        with self._schema_lock:
+            locked = self._acquire(sorted({s for s in stores if s in self._catalog.stores}))
+            try:
+                edit = _SchemaEdit(self)
+                edit_fn(edit)
+                if edit.changed:
+                    self._publish(edit.catalog, edit.records, edit.deletes, edit.ranges)
+            finally:
+                self._release(locked)
 
     def _publish(self, catalog, records=(), deletes=(), ranges=()):
         records = list(records)
@@ -174,33 +193,15 @@ class JsonDB:
 
     def create_object_store(self, name, key_path, auto_increment=False):
         """ConstraintError if it exists; DataError for a bad key path."""
-        self._check_schema_change()
         check_name("a store", name)
         check_flag("auto_increment", auto_increment)
         _keys.parse_key_path(key_path)
-        with self._schema_lock:
-            cat = self._catalog.copy()
-            if name in cat.stores:
-                raise ConstraintError(f"object store {name!r} already exists")
-            sid = cat.next_store_id
-            cat.next_store_id += 1
-            cat.stores[name] = StoreMeta(sid, name, key_path, bool(auto_increment), {}, 1)
-            self._publish(cat)
+        self._change_schema([], lambda e: e.create_store(name, key_path, auto_increment))
 
     def delete_object_store(self, name):
         """Remove the store, its documents and indexes (one atomic batch)."""
-        self._check_schema_change()
-        with self._schema_lock:
-            meta = self._store_meta(name)
-            locked = self._acquire([name])
-            try:
-                cat = self._catalog.copy()
-                del cat.stores[name]
-                lo = _keys.store_prefix(meta.id)
-                self._publish(cat, (), [(meta.count_key, 0), (meta.keygen_key, 0)],
-                              [(lo, _keys.successor(lo))])
-            finally:
-                self._release(locked)
+        self._store_meta(name)
+        self._change_schema([name], lambda e: e.delete_store(name))
 
     def _store_meta(self, name):
         m = self._catalog.stores.get(name)
@@ -212,61 +213,20 @@ class JsonDB:
     def create_index(self, store, name, key_paths, unique=False, multi_entry=False):
         """Create an index and index the existing documents; a unique
         violation raises ConstraintError and leaves no index."""
-        self._check_schema_change()
         check_name("an index", name)
         check_flag("unique", unique)
         check_flag("multi_entry", multi_entry)
         key_paths = check_index_def(key_paths, multi_entry)
-        with self._schema_lock:
-            meta = self._store_meta(store)
-            if name in meta.indexes:
-                raise ConstraintError(f"store {store!r} already has an index {name!r}")
-            locked = self._acquire([store])
-            try:
-                meta = self._store_meta(store).copy()
-                idx = IndexMeta(meta.id, meta.next_index_id, name, key_paths, bool(unique),
-                                bool(multi_entry))
-                meta.next_index_id += 1
-                records = []
-                seen = {}
-                p = meta.docs_prefix
-                n = len(p)
-                for rec in self._engine.scan(ScanRange.prefix(p)):
-                    pk = rec.key[n:]
-                    for k in idx.keys_of(load_doc(rec.value)):
-                        if unique:
-                            other = seen.setdefault(k, pk)
-                            if other != pk:
-                                raise ConstraintError(
-                                    f"cannot create unique index {name!r}: documents "
-                                    f"{_keys.decode(other)!r} and {_keys.decode(pk)!r} share "
-                                    f"the key {_keys.decode(k)!r}")
-                        key, value = idx.entry(k, pk)
-                        records.append(Record(key, 0, value, NEVER))
-                meta.indexes[name] = idx
-                cat = self._catalog.copy()
-                cat.stores[store] = meta
-                self._publish(cat, records)
-            finally:
-                self._release(locked)
+        self._store_meta(store)
+        self._change_schema([store], lambda e: e.create_index(store, name, key_paths, unique,
+                                                              multi_entry))
 
     def create_index_on(self, store, name, key_path, unique=False, multi_entry=False):
         self.create_index(store, name, [key_path], unique, multi_entry)
 
     def delete_index(self, store, name):
-        self._check_schema_change()
-        with self._schema_lock:
-            meta = self._store_meta(store)
-            meta.index(name)
-            locked = self._acquire([store])
-            try:
-                meta = self._store_meta(store).copy()
-                idx = meta.indexes.pop(name)
-                cat = self._catalog.copy()
-                cat.stores[store] = meta
-                self._publish(cat, (), (), [(idx.prefix, _keys.successor(idx.prefix))])
-            finally:
-                self._release(locked)
+        self._store_meta(store).index(name)
+        self._change_schema([store], lambda e: e.delete_index(store, name))
 
     def store_names(self):
         self._check_open()
@@ -286,23 +246,25 @@ class JsonDB:
         self.apply_schemas([definition])
 
     def apply_schemas(self, definitions):
-        """apply_store for each; every conflict is found before anything changes."""
-        self._check_schema_change()
+        """apply_store for each, as one atomic change: every conflict is
+        found, and every index backfilled, before anything is written."""
         defs = [as_store_def(d) for d in definitions]
-        with self._schema_lock:
+        for d in defs:
+            self._check_def(d)
+
+        def edit(e):
             for d in defs:
-                self._check_def(d)
-            for d in defs:
-                meta = self._catalog.stores.get(d.name)
-                if meta is None:
-                    self.create_object_store(d.name, d.key_path, d.auto_increment)
-                    meta = self._catalog.stores[d.name]
+                if d.name not in e.catalog.stores:
+                    e.create_store(d.name, d.key_path, d.auto_increment)
+                meta = e.catalog.stores[d.name]
                 wanted = {i.name for i in d.indexes}
                 for name in sorted(set(meta.indexes) - wanted):
-                    self.delete_index(d.name, name)
+                    e.delete_index(d.name, name)
                 for i in d.indexes:
-                    if i.name not in self._catalog.stores[d.name].indexes:
-                        self.create_index(d.name, i.name, i.key_paths, i.unique, i.multi_entry)
+                    if i.name not in e.catalog.stores[d.name].indexes:
+                        e.create_index(d.name, i.name, check_index_def(i.key_paths, i.multi_entry),
+                                       i.unique, i.multi_entry)
+        self._change_schema([d.name for d in defs], edit)
 
     def apply_schema(self, cls):
         """apply_store for an @object_store class."""
@@ -427,3 +389,67 @@ def _owning(tx, cursor):
     finally:
         if tx.active:
             tx.abort()
+
+
+class _SchemaEdit:
+    """Schema edits on a copy of the catalog, with the data they write."""
+
+    def __init__(self, db):
+        self._engine = db._engine
+        self.catalog = db._catalog.copy()
+        self.records = []                  # backfilled index entries
+        self.deletes = []                  # (key, 0): counters of dropped stores
+        self.ranges = []                   # [lo, hi) of dropped stores and indexes
+        self.changed = False
+
+    def _meta(self, store):
+        """The store's meta, copied once so the published catalog is untouched."""
+        meta = self.catalog.stores[store].copy()
+        self.catalog.stores[store] = meta
+        return meta
+
+    def create_store(self, name, key_path, auto_increment):
+        cat = self.catalog
+        if name in cat.stores:
+            raise ConstraintError(f"object store {name!r} already exists")
+        cat.stores[name] = StoreMeta(cat.next_store_id, name, key_path, bool(auto_increment),
+                                     {}, 1)
+        cat.next_store_id += 1
+        self.changed = True
+
+    def delete_store(self, name):
+        meta = self.catalog.stores.pop(name)
+        lo = _keys.store_prefix(meta.id)
+        self.ranges.append((lo, _keys.successor(lo)))   # documents and indexes
+        self.deletes += [(meta.count_key, 0), (meta.keygen_key, 0)]
+        self.changed = True
+
+    def create_index(self, store, name, key_paths, unique, multi_entry):
+        if name in self.catalog.stores[store].indexes:
+            raise ConstraintError(f"store {store!r} already has an index {name!r}")
+        meta = self._meta(store)
+        idx = IndexMeta(meta.id, meta.next_index_id, name, key_paths, bool(unique),
+                        bool(multi_entry))
+        meta.next_index_id += 1
+        seen = {}
+        p = meta.docs_prefix
+        n = len(p)
+        for rec in self._engine.scan(ScanRange.prefix(p)):
+            pk = rec.key[n:]
+            for k in idx.keys_of(load_doc(rec.value)):
+                if unique:
+                    other = seen.setdefault(k, pk)
+                    if other != pk:
+                        raise ConstraintError(
+                            f"cannot create unique index {name!r}: documents "
+                            f"{_keys.decode(other)!r} and {_keys.decode(pk)!r} share "
+                            f"the key {_keys.decode(k)!r}")
+                key, value = idx.entry(k, pk)
+                self.records.append(Record(key, 0, value, NEVER))
+        meta.indexes[name] = idx
+        self.changed = True
+
+    def delete_index(self, store, name):
+        idx = self._meta(store).indexes.pop(name)
+        self.ranges.append((idx.prefix, _keys.successor(idx.prefix)))
+        self.changed = True

@@ -202,3 +202,26 @@ def test_tuples_are_array_keys(db):
     db.put("s", {"id": [1, "a"], "v": 1})
     assert db.get("s", (1, "a")) == {"id": [1, "a"], "v": 1}
     assert _keys.encode((1, "a")) == _keys.encode([1, "a"])
+
+
+def test_apply_schemas_is_one_atomic_change(db_factory):
+    """A unique backfill failing in the last store leaves every store as it
+    was, in memory and after reopen (IndexedDB's versionchange is atomic)."""
+    db = db_factory()
+    db.apply_schemas([StoreSchema("a", "id").with_index("old", ["v"]), StoreSchema("b", "id")])
+    db.put("a", {"id": 1, "v": 1})
+    db.put("b", {"id": 1, "v": 7})
+    db.put("b", {"id": 2, "v": 7})
+    before = ([db.get_store(n) for n in ("a", "b")], db.store_names())
+    with pytest.raises(ConstraintError):
+        db.apply_schemas([StoreSchema("a", "id").with_index("new", ["v"]),      # drops "old"
+                          StoreSchema("c", "id"),
+                          StoreSchema("b", "id").with_index("u", ["v"], unique=True)])
+    assert ([db.get_store(n) for n in ("a", "b")], db.store_names()) == before
+    assert db.get_by_index("a", "old", 1) == [{"id": 1, "v": 1}]
+    db = db_factory()
+    assert ([db.get_store(n) for n in ("a", "b")], db.store_names()) == before
+    assert db.get_by_index("a", "old", 1) == [{"id": 1, "v": 1}]
+    db.apply_schemas([StoreSchema("a", "id").with_index("new", ["v"]), StoreSchema("c", "id")])
+    assert [i.name for i in db.get_store("a").indexes] == ["new"]
+    assert db.get_by_index("a", "new", 1) == [{"id": 1, "v": 1}] and db.store_names() == ["a", "b", "c"]
