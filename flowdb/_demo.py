@@ -76,8 +76,14 @@ class SensorWorkload:
     def value(self, s: int, sec: int) -> bytes:
         return self._heads[(s * 7919 + sec) % _POOL] + self._tails[s]
 
-    def batches(self):
-        """Yield lists of `batch_size` Records in ingest order; sets raw_bytes."""
+    def batches(self, make=Record, part=0, parts=1):
+        """Yield lists of `batch_size` items in ingest order; sets raw_bytes.
+
+        An item is `make(key, ts, value)`, a Record by default (another
+        engine's benchmark passes its own encoding).  With `parts` > 1 only
+        the series s with s % parts == part are yielded: one writer's share
+        of a concurrent ingest, disjoint from the other parts.
+        """
         keys, heads, tails = self.keys, self._heads, self._tails
         series, records, size = self.series, self.records, self.batch_size
         batch = []
@@ -85,18 +91,19 @@ class SensorWorkload:
         n = 0
         for sec in range(self.seconds):
             ts = EPOCH_US + sec * SECOND_US
-            for s in range(min(series, records - n)):
+            for s in range(part, min(series, records - n), parts):
                 key = keys[s]
                 value = heads[(s * 7919 + sec) % _POOL] + tails[s]
                 raw += len(key) + len(value)
-                batch.append(Record(key, ts, value))
+                batch.append(make(key, ts, value))
                 if len(batch) == size:
                     yield batch
                     batch = []
             n += series
         if batch:
             yield batch
-        self.raw_bytes = raw + 8 * records
+        if parts == 1:
+            self.raw_bytes = raw + 8 * records
 
     # -- expected answers ---------------------------------------------------
 
@@ -130,6 +137,35 @@ class SensorWorkload:
             raise VerificationError(
                 f"{what}: expected {self.keys[s]!r} ts={self.ts(sec)} {self.value(s, sec)!r}, "
                 f"got {record.key!r} ts={record.ts} {record.value!r}")
+
+    def lookups(self, n: int, rng, misses=True):
+        """n random point lookups (key, ts, s, sec); s is None for a miss.
+
+        With `misses`, one in ten misses: half an absent ts of a real series,
+        half an absent key that sorts among the real ones.
+        """
+        keys, out = self.keys, []
+        for i in range(n):
+            s = rng.randrange(self.series)
+            sec = rng.randrange(self.last_second(s) + 1)
+            if not misses or i % 10 != 9:
+                out.append((keys[s], self.ts(sec), s, sec))
+            elif i % 20 == 9:
+                out.append((keys[s], self.ts(sec) + 500_000, None, None))
+            else:
+                out.append((keys[s] + b"-x", self.ts(sec), None, None))
+        return out
+
+    def check_gets(self, lookups, found, what: str) -> None:
+        """Check the answers `found` of `lookups` (hits and misses)."""
+        if len(found) != len(lookups):
+            raise VerificationError(f"{what}: {len(found)} answers to {len(lookups)} lookups")
+        for (_k, _t, s, sec), rec in zip(lookups, found):
+            if s is None:
+                if rec is not None:
+                    raise VerificationError(f"{what}: a miss returned {rec!r}")
+            else:
+                self.check(rec, s, sec, what)
 
     def check_records(self, records, expected_count: int, what: str, every=97) -> None:
         """Check the count, and every `every`-th record (plus the last) against the data."""
@@ -179,15 +215,17 @@ def prepare_dir(path) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def ingest(engine, workload):
+def ingest(engine, workload, make=Record):
     """Write the workload with write_batch, then flush.
 
-    Returns (seconds in write_batch, seconds in flush, seconds generating
-    records); generation is kept out of the engine's figures.
+    `engine` is a flowdb Engine or anything with write_batch and flush (the
+    peers of benchmarks/compare.py), `make` builds its items.  Returns
+    (seconds in write_batch, seconds in flush, seconds generating records);
+    generation is kept out of the engine's figures.
     """
     write = 0.0
     total = time.perf_counter()
-    for batch in workload.batches():
+    for batch in workload.batches(make):
         t0 = time.perf_counter()
         engine.write_batch(batch)
         write += time.perf_counter() - t0
@@ -196,6 +234,20 @@ def ingest(engine, workload):
     engine.flush()
     flush = time.perf_counter() - t0
     return write, flush, total - write
+
+
+def compact(engine, limit=64) -> int:
+    """Flush, then compact until nothing is left to merge; returns the compactions run."""
+    engine.flush()
+    runs = 0
+    while runs < limit and engine.trigger_compaction():
+        runs += 1
+    return runs
+
+
+def percentile(samples, p):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
 def fmt_count(n) -> str:

@@ -34,8 +34,8 @@ import tempfile
 import time
 
 from flowdb import Config, Engine, ScanRange, SyncMode
-from flowdb._demo import (SensorWorkload, VerificationError, dir_bytes, fmt_bytes,
-                          fmt_count, fmt_rate, fmt_secs, ingest, table)
+from flowdb._demo import (SensorWorkload, VerificationError, compact, dir_bytes, fmt_bytes,
+                          fmt_count, fmt_rate, fmt_secs, ingest, percentile, table)
 
 # Work per read row: (full run, --quick).
 _SIZES = {
@@ -54,11 +54,6 @@ class _Rows:
     def add(self, name, value, unit, shown, detail=""):
         self.rows.append({"name": name, "value": value, "unit": unit,
                           "shown": shown, "detail": detail})
-
-
-def _percentile(samples, p):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
 def _open(path, sync):
@@ -83,29 +78,14 @@ def _bench_reads(rows, w, engine, quick, rng):
     pick = 1 if quick else 0
     keys, ts = w.keys, w.ts
 
-    # Point gets: 90% hits, 10% misses (half an absent ts of a real series,
-    # half an absent key that sorts among the real ones).
+    # Point gets: 90% hits, 10% misses (SensorWorkload.lookups).
     n = _SIZES["gets"][pick]
-    lookups = []
-    for i in range(n):
-        s = rng.randrange(w.series)
-        sec = rng.randrange(w.last_second(s) + 1)
-        if i % 10 != 9:
-            lookups.append((keys[s], ts(sec), s, sec))
-        elif i % 20 == 9:
-            lookups.append((keys[s], ts(sec) + 500_000, None, None))
-        else:
-            lookups.append((keys[s] + b"-x", ts(sec), None, None))
+    lookups = w.lookups(n, rng)
     get = engine.get
     t0 = time.perf_counter()
     found = [get(k, t) for k, t, _s, _sec in lookups]
     dt = time.perf_counter() - t0
-    for (_k, _t, s, sec), rec in zip(lookups, found):
-        if s is None:
-            if rec is not None:
-                raise VerificationError(f"point get: a miss returned {rec!r}")
-        else:
-            w.check(rec, s, sec, "point get")
+    w.check_gets(lookups, found, "point get")
     rows.add("point get (10% misses)", n / dt, "ops/s", fmt_rate(n / dt, " op"),
              f"{fmt_count(n)} gets, {fmt_secs(dt / n)} each; first pass, blocks read from disk")
 
@@ -158,7 +138,7 @@ def _bench_reads(rows, w, engine, quick, rng):
         n_rec = len(got)
     p50 = statistics.median(samples)
     rows.add("1% window, one series (p50)", p50 * 1e6, "us", fmt_secs(p50),
-             f"{fmt_count(n_rec)} records; p99 {fmt_secs(_percentile(samples, 99))}")
+             f"{fmt_count(n_rec)} records; p99 {fmt_secs(percentile(samples, 99))}")
 
     # The same window over every series.
     samples = []
@@ -210,10 +190,7 @@ def run(records=None, quick=False, series=1000, batch_size=1000, workdir=None, o
             _bench_reads(rows, w, engine, quick, rng)
             progress("compaction")
             t0 = time.perf_counter()
-            engine.flush()
-            runs = 0
-            while runs < 64 and engine.trigger_compaction():
-                runs += 1
+            runs = compact(engine)
             dt = time.perf_counter() - t0
             engine.close()
             st = engine.stats()

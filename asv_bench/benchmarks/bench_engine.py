@@ -5,53 +5,126 @@ SyncMode.interval_ms(100): the workload of `python -m flowdb.bench`.
 FLOWDB_ASV_RECORDS=100000 runs a smaller version (time windows stay 1%).
 The read benchmarks share one database, built once by setup_cache; each
 setup checks the engine's answers against the data written, so a wrong or
-empty answer fails the benchmark instead of timing it.
+empty answer fails the benchmark instead of timing it; the ingest
+benchmarks check the data in their teardown.
+
+Each row of benchmarks/compare.py (issue 6) has its benchmark here:
+ingest with interval sync (Ingest), with an fsync per batch (IngestAlways,
+on SMALL records) and by 2 writer threads (IngestTwoWriters, SMALL), point
+gets with and without misses, get_latest, prefix scan, the 1% windows
+(Reads), bytes on disk after compaction over raw bytes
+(Storage.track_disk_over_raw) and peak memory (Memory.peakmem_*).
 """
 import os
 import random
 import shutil
 import tempfile
+import threading
 
 # ScanRange stays behind flowdb.: asv takes any class in this module with a
 # method named time_* (ScanRange.time_range) for a benchmark.
 import flowdb
 from flowdb import Config, Engine, SyncMode
-from flowdb._demo import SensorWorkload
+from flowdb._demo import SensorWorkload, compact, dir_bytes, ingest
 
 RECORDS = int(os.environ.get("FLOWDB_ASV_RECORDS", 1_000_000))
+# The slower ingests (an fsync per batch, threads with batches built up front) run on fewer.
+SMALL = max(10_000, RECORDS // 5)
 SERIES = 1000
 # 1% of the time span: 10 readings of one series, 10,000 of all series (1M records).
 WINDOW = 0.01
 
 
-def _open(path):
-    return Engine.open(Config(data_dir=path, wal_sync_mode=SyncMode.interval_ms(100)))
+def _open(path, sync=None):
+    return Engine.open(Config(data_dir=path, wal_sync_mode=sync or SyncMode.interval_ms(100)))
 
 
-class Ingest:
-    """write_batch of RECORDS readings in batches of 1,000, then flush."""
+def _check_ingested(engine, w):
+    """The latest reading of every series must be there, and the 1% window complete."""
+    for s in range(w.series):
+        w.check(engine.get_latest(w.keys[s]), s, w.last_second(s), "ingest: get_latest")
+    lo, hi = w.window(WINDOW)
+    w.check_records(engine.query_time_range(w.ts(lo), w.ts(hi)), w.count_all(lo, hi),
+                    "ingest: 1% window")
+
+
+class _IngestBase:
+    """A fresh engine and the batches built up front; the data checked in teardown.
+
+    (A leading underscore: asv does not collect this class, so the
+    subclasses do not inherit each other's benchmarks.)
+    """
 
     number = 1
     repeat = (1, 5, 30.0)
     warmup_time = 0
     timeout = 300
+    records = RECORDS
+    sync = None
+    writers = 1
 
     def setup(self):
-        self.batches = list(SensorWorkload(RECORDS, SERIES).batches())
+        self.w = SensorWorkload(self.records, SERIES)
+        self.parts = [list(self.w.batches(part=p, parts=self.writers))
+                      for p in range(self.writers)]
         self.dir = tempfile.mkdtemp(prefix="flowdb-asv-")
-        self.engine = _open(self.dir)
+        self.engine = _open(self.dir, self.sync)
 
     def teardown(self):
-        self.engine.shutdown()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            # Only after a timed run: setup alone writes nothing.
+            if self.engine.stats().total_records_written:
+                _check_ingested(self.engine, self.w)
+        finally:
+            self.engine.shutdown()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
-    def time_write_batch_interval_sync(self):
-        for batch in self.batches:
-            self.engine.write_batch(batch)
+    def _write(self):
+        write = self.engine.write_batch
+        if self.writers == 1:
+            for batch in self.parts[0]:
+                write(batch)
+        else:
+            def run(batches):
+                for batch in batches:
+                    write(batch)
+
+            threads = [threading.Thread(target=run, args=(p,)) for p in self.parts]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         self.engine.flush()
 
+
+class Ingest(_IngestBase):
+    """write_batch of RECORDS readings in batches of 1,000, then flush."""
+
+    def time_write_batch_interval_sync(self):
+        self._write()
+
     def peakmem_write_batch_interval_sync(self):
-        self.time_write_batch_interval_sync()
+        self._write()
+
+
+class IngestAlways(_IngestBase):
+    """SMALL readings with SyncMode.ALWAYS: one fsync per batch of 1,000."""
+
+    records = SMALL
+    sync = SyncMode.ALWAYS
+
+    def time_write_batch_always(self):
+        self._write()
+
+
+class IngestTwoWriters(_IngestBase):
+    """SMALL readings by 2 threads, each writing the batches of its own half of the series."""
+
+    records = SMALL
+    writers = 2
+
+    def time_write_batch_2_writers(self):
+        self._write()
 
 
 class Reads:
@@ -73,15 +146,14 @@ class Reads:
         self.w = w = SensorWorkload(RECORDS, SERIES)
         self.engine = _open(path)
         rng = random.Random(5)
-        self.lookups = [(w.keys[s], w.ts(sec), s, sec)
-                        for s, sec in ((rng.randrange(w.series), rng.randrange(w.seconds))
-                                       for _ in range(1000))]
+        self.lookups = w.lookups(1000, rng, misses=False)
+        self.lookups_misses = w.lookups(1000, rng)
         self.scan_key = w.keys[w.series // 2]
         self.lo, self.hi = w.window(WINDOW)
         self.ts_lo, self.ts_hi = w.ts(self.lo), w.ts(self.hi)
         # The answers must be right before they are timed.
-        for key, ts, s, sec in self.lookups[:100]:
-            w.check(self.engine.get(key, ts), s, sec, "get")
+        for lookups in (self.lookups, self.lookups_misses):
+            w.check_gets(lookups, [self.engine.get(k, t) for k, t, _s, _sec in lookups], "get")
         for s in range(0, w.series, 97):
             w.check(self.engine.get_latest(w.keys[s]), s, w.last_second(s), "get_latest")
         w.check_records(list(self.engine.scan_prefix(self.scan_key)),
@@ -97,6 +169,11 @@ class Reads:
     def time_get_1000(self, path):
         get = self.engine.get
         for key, ts, _s, _sec in self.lookups:
+            get(key, ts)
+
+    def time_get_1000_10pct_misses(self, path):
+        get = self.engine.get
+        for key, ts, _s, _sec in self.lookups_misses:
             get(key, ts)
 
     def time_get_latest_all_series(self, path):
@@ -121,7 +198,7 @@ class Reads:
 
 
 class Storage:
-    """Bytes on disk per record after flush and compaction (lower is better)."""
+    """Bytes on disk after flush and compaction (lower is better)."""
 
     timeout = 300
 
@@ -132,17 +209,41 @@ class Storage:
             with _open(path) as engine:
                 for batch in w.batches():
                     engine.write_batch(batch)
-                engine.flush()
-                for _ in range(64):
-                    if not engine.trigger_compaction():
-                        break
-            total = sum(os.path.getsize(os.path.join(root, name))
-                        for root, _dirs, names in os.walk(path) for name in names)
+                compact(engine)
+            total = dir_bytes(path)
         finally:
             shutil.rmtree(path, ignore_errors=True)
-        return total / RECORDS
+        return {"per_record": total / RECORDS, "over_raw": total / w.raw_bytes}
 
-    def track_disk_bytes_per_record(self, bytes_per_record):
-        return bytes_per_record
+    def track_disk_bytes_per_record(self, disk):
+        return disk["per_record"]
 
     track_disk_bytes_per_record.unit = "bytes"
+
+    def track_disk_over_raw(self, disk):
+        """Directory bytes / (key + 8 + value bytes); issue 6 target <= 0.33."""
+        return disk["over_raw"]
+
+    track_disk_over_raw.unit = "ratio"
+
+
+class Memory:
+    """Peak RSS of a whole run as compare.py measures it: ingest (records built
+    batch by batch), reads, compaction."""
+
+    timeout = 300
+
+    def setup(self):
+        self.dir = tempfile.mkdtemp(prefix="flowdb-asv-mem-")
+
+    def teardown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def peakmem_ingest_read_compact(self):
+        w = SensorWorkload(RECORDS, SERIES)
+        with _open(os.path.join(self.dir, "db")) as engine:
+            ingest(engine, w)
+            lo, hi = w.window(WINDOW)
+            w.check_records(engine.query_time_range(w.ts(lo), w.ts(hi)), w.count_all(lo, hi),
+                            "1% window, all series")
+            compact(engine)

@@ -1,0 +1,132 @@
+"""benchmarks/compare.py, the comparison with RocksDB, LevelDB, LMDB and SQLite,
+run end to end on a tiny workload so that the harness cannot rot.
+
+flowdb and SQLite (stdlib) always run; each other peer runs when its module
+is installed (the `bench` extra) and must then be reported as skipped
+otherwise.  A wrong answer must fail its worker, never look fast.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+import random
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("flowdb_compare_bench",
+                                                  ROOT / "benchmarks" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _installed(module):
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True
+
+
+def test_end_to_end_every_engine(compare, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    rc = compare.main(["--records", "5000", "--repeats", "1", "--json", str(out),
+                       "--dir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    engines = result["engines"]
+    assert list(engines) == ["flowdb", "rocksdb", "leveldb", "lmdb", "sqlite"]
+    for name, info in engines.items():
+        expected = "ok" if _installed(compare.ENGINES[name].module) else "skipped"
+        assert info["status"] == expected, (name, info)
+    ran = [n for n, e in engines.items() if e["status"] == "ok"]
+    assert {"flowdb", "sqlite"} <= set(ran)
+    assert [r["id"] for r in result["rows"]] == [r.id for r in compare.ROWS]
+    for row in result["rows"]:
+        assert set(row["results"]) == set(ran), row["id"]
+        for name, res in row["results"].items():
+            assert "failed" not in res, (row["id"], name, res)
+            assert len(res["values"]) == 1
+            assert res["min"] <= res["median"] <= res["max"]
+            assert math.isfinite(res["median"]) and res["median"] > 0, (row["id"], name)
+        assert set(row["ratios"]) == set(ran) - {"flowdb"}
+        assert (row["target_met"] is None) == (row["target"] is None)
+    # Nothing was left behind in the scratch directory.
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    table = capsys.readouterr().out
+    assert "> 1 means flowdb is better" in table
+    assert "| 1% window, all series | rec/s |" in table
+
+
+def test_missing_peer_is_skipped(compare, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(compare.LMDB, "module", "flowdb_no_such_module")
+    rc = compare.main(["--records", "2000", "--repeats", "1", "--engines", "lmdb",
+                       "--json", str(tmp_path / "out.json")])
+    assert rc == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["engines"]["lmdb"]["status"] == "skipped"
+    assert "flowdb_no_such_module" in result["engines"]["lmdb"]["reason"]
+    assert all(row["results"] == {} for row in result["rows"])
+    assert "lmdb: SKIPPED (flowdb_no_such_module does not import" in capsys.readouterr().out
+
+
+def test_failed_worker_is_reported(compare, monkeypatch, tmp_path, capsys):
+    """A worker that fails shows FAILED for its phase's rows and the run exits non-zero."""
+    def fake_run_one(name, phase, args, env):
+        if name == "sqlite" and phase == "main":
+            return None, "exit 3: WRONG ANSWER: prefix scan: expected 5 records, got 0", 0.0
+        values = {r.id: 1.0 + (name == "flowdb") for r in compare.ROWS if r.phase == phase}
+        return values, None, 0.0
+
+    monkeypatch.setattr(compare, "run_one", fake_run_one)
+    rc = compare.main(["--records", "2000", "--repeats", "2", "--engines", "flowdb,sqlite",
+                       "--json", str(tmp_path / "out.json")])
+    assert rc == 1
+    rows = {r["id"]: r for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    assert "WRONG ANSWER" in rows["get_hits"]["results"]["sqlite"]["failed"]
+    assert "sqlite" not in rows["get_hits"]["ratios"]
+    # The other phases of the failed engine still count, with ratios oriented flowdb-better.
+    assert rows["ingest_fsync"]["results"]["sqlite"]["values"] == [1.0, 1.0]
+    assert rows["ingest_fsync"]["ratios"]["sqlite"] == 2.0
+    assert "FAILED (exit 3: WRONG ANSWER" in capsys.readouterr().out
+
+
+def test_round_robin_rotates_the_start(compare):
+    names = ["a", "b", "c"]
+    assert [compare.round_robin(names, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+class _EmptyScans:
+    """Wraps flowdb's adapter; its scans return nothing (fast and wrong)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def scan_series(self, key):
+        return []
+
+
+def test_a_wrong_answer_fails_the_reads(compare, tmp_path):
+    from flowdb._demo import SensorWorkload, VerificationError, ingest
+
+    w = SensorWorkload(3000, 100, 100)
+    engine = compare.Flowdb(str(tmp_path / "db"), "interval")
+    try:
+        ingest(engine, w, engine.make)
+        sizes = compare.read_sizes(w.records)
+        assert compare.run_reads(engine, w, sizes, random.Random(1))["scan_series"] > 0
+        with pytest.raises(VerificationError, match="prefix scan"):
+            compare.run_reads(_EmptyScans(engine), w, sizes, random.Random(1))
+    finally:
+        engine.close()
