@@ -56,16 +56,15 @@ log = logging.getLogger("flowdb")
 _MIB = 1024 * 1024
 _SCAN_BATCH_MIN = 16                  # records a ScanIterator fetches first ...
 _SCAN_BATCH_MAX = 1024                # ... doubling up to this
+_QUERY_BATCH = 4096                   # query() drains its cursor this many at a time
+_READ_DEFAULTS = ReadOptions()
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
 _GC_MERGE_MIN_GARBAGE = 0.2         # the GC timer merges to purge past this share of garbage
 
 
-_perf_ns = time.perf_counter_ns
 _time_ns = time.time_ns
-_read_get = _read.get
-_read_get_latest = _read.get_latest
 
 
 def _now_us() -> int:
@@ -89,7 +88,7 @@ class _View:
     with disjoint (key, ts) sets, in key order (flowdb._compaction).
     """
 
-    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "_old_range_dels")
+    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "_old_range_dels", "reader")
 
     def __init__(self, mem, frozen, runs):
         self.mem = mem                    # the active MemTable
@@ -101,6 +100,7 @@ class _View:
         for s in self.sources[1:]:
             old.extend(s.range_dels)
         self._old_range_dels = old
+        self.reader = _read.PointReader(self.sources, old, mem)   # get, get_latest
 
     def range_dels(self):
         """Every range tombstone of the view (the active memtable's grow in place)."""
@@ -294,12 +294,10 @@ class Snapshot:
         return self._view
 
     def get(self, key, ts):
-        view = self._live_view()
-        return _read_get(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key), as_ts(ts))
+        return self._live_view().reader.get(key, ts, self._seq)
 
     def get_latest(self, key):
-        view = self._live_view()
-        return _read_get_latest(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key))
+        return self._live_view().reader.get_latest(key, self._seq)
 
     def scan(self, range: ScanRange, opts: ReadOptions = ReadOptions()) -> ScanIterator:
         return self._engine._scan_at(self._live_view(), self._seq, range, opts)
@@ -400,6 +398,7 @@ class Engine:
         self._tables_skipped_by_time_index = 0
         self._write_hist = LatencyHistogram()
         self._query_hist = LatencyHistogram()
+        self._read_stats = _read.ReadStats(self._query_hist)   # point reads count here
         self._flush_hist = LatencyHistogram()
 
     def _recover(self):
@@ -1079,16 +1078,8 @@ class Engine:
         """The record at exactly (key, ts), or None."""
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
-        key = as_key(key)
-        ts = as_ts(ts)
-        started = _perf_ns()
         seq = self._visible_seq            # before the view: see the module doc
-        view = self._view
-        record = _read_get(view.sources, view.range_dels(), seq, _time_ns() // 1000, key, ts)
-        if record is not None:
-            self._records_read += 1
-        self._query_hist.record((_perf_ns() - started) // 1000)
-        return record
+        return self._view.reader.get(key, ts, seq, self._read_stats)
 
     def get_sync(self, key, ts):
         """As get, but never raises for a missing record or a read error: None."""
@@ -1103,15 +1094,8 @@ class Engine:
         """The live record of key with the greatest ts, or None."""
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
-        key = as_key(key)
-        started = _perf_ns()
-        seq = self._visible_seq
-        view = self._view
-        record = _read_get_latest(view.sources, view.range_dels(), seq, _time_ns() // 1000, key)
-        if record is not None:
-            self._records_read += 1
-        self._query_hist.record((_perf_ns() - started) // 1000)
-        return record
+        seq = self._visible_seq            # before the view: see the module doc
+        return self._view.reader.get_latest(key, seq, self._read_stats)
 
     def scan(self, range: ScanRange) -> ScanIterator:
         return self.scan_opt(range, ReadOptions())
@@ -1124,6 +1108,9 @@ class Engine:
         return self._scan_at(view, seq, range, opts)
 
     def _scan_at(self, view, seq, range, opts):
+        return ScanIterator(self, view, self._cursor(view, seq, range, opts))
+
+    def _cursor(self, view, seq, range, opts):
         if not isinstance(range, ScanRange):
             raise TypeError(f"scan takes a ScanRange or Query, not {type(range).__name__}")
         if not isinstance(opts, ReadOptions):
@@ -1132,11 +1119,10 @@ class Engine:
         sources = view.sources
         if (range.ts_start > INT64_MIN or range.ts_end < INT64_MAX) and view.tables:
             sources = self._time_sources(view, range.ts_start, range.ts_end)
-        cursor = _read.Cursor(sources, view.range_dels(), seq, _now_us(),
-                              keys.prefix_bytes, keys.start, keys.end,
-                              range.ts_start, range.ts_end,
-                              opts.fill_cache, opts.verify_checksums)
-        return ScanIterator(self, view, cursor)
+        return _read.Cursor(sources, view.range_dels(), seq, _now_us(),
+                            keys.prefix_bytes, keys.start, keys.end,
+                            range.ts_start, range.ts_end,
+                            opts.fill_cache, opts.verify_checksums)
 
     def _time_sources(self, view, ts_lo, ts_hi):
         """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
@@ -1162,7 +1148,19 @@ class Engine:
     def query(self, query: ScanRange) -> list:
         """Every record the query selects, in (key, ts) order."""
         started = time.perf_counter_ns()
-        records = list(self.scan(query))
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
+        view, seq = self._snapshot()
+        cursor = self._cursor(view, seq, query, _READ_DEFAULTS)
+        # Whole batches, not a Python call per record as iterating would.
+        records = cursor.next_batch(_QUERY_BATCH)
+        batch = records
+        while len(batch) == _QUERY_BATCH:       # fewer: the end
+            if self._closed:
+                raise InvalidStateError("the engine was shut down during this query")
+            batch = cursor.next_batch(_QUERY_BATCH)
+            records += batch
+        self._records_read += len(records)
         self._query_hist.record((time.perf_counter_ns() - started) // 1000)
         return records
 
@@ -1194,7 +1192,7 @@ class Engine:
         return EngineStats(
             total_records_written=self._records_written,
             total_bytes_written=self._bytes_written,
-            total_records_read=self._records_read,
+            total_records_read=self._records_read + self._read_stats.records_read,
             total_records_expired=self._expired_dropped,
             total_flushes=self._flushes,
             total_gc_runs=self._gc_runs,

@@ -31,6 +31,8 @@ cdef extern from *:
     void fdb_prefetch(const void *p) noexcept nogil
 
 cdef enum:
+    # Keys up to this long are rebuilt inside the CBlockIter (no malloc).
+    BLOCK_ITER_SMALL_KEY = 64
     # Entries between restart points (part of the format only through the
     # restart array, which the reader takes as written: changing this is safe).
     BLOCK_RESTART_INTERVAL = 16
@@ -84,14 +86,17 @@ cdef struct CBlockIter:
     size_t next_off           # offset just past the current entry
     uint32_t ri               # restart region of the current entry
     size_t klen               # length of the key in keybuf
-    uint8_t *keybuf           # the current key, rebuilt from the prefix
-    size_t keycap
+    uint8_t *keybuf           # the current key, rebuilt from the prefix: in
+    size_t keycap             #   small, or on the heap once longer
+    uint8_t small[BLOCK_ITER_SMALL_KEY]
     size_t err_off            # offset in the block of the corruption found
     const char *err_msg       # static text describing it (NULL: none)
 
 
 # Prepares an iterator over no block (every move makes it invalid).  Sets the
-# protocol's function pointers; call once before anything else.
+# protocol's function pointers; call once before anything else.  keybuf may
+# point into the struct itself: a CBlockIter is never moved or copied after
+# init.
 cdef void block_iter_init(CBlockIter *it) noexcept nogil
 # Points the iterator at a block (invalid until positioned) after checking the
 # restart array.  FDB_OK or FDB_ERR_CORRUPTION (then status is set too).  On

@@ -194,6 +194,23 @@ cdef int _parse(const CBlockIter *it, size_t off, uint64_t *shared,
     return 0
 
 
+cdef int _grow_key(CBlockIter *it, size_t need, size_t keep) noexcept nogil:
+    """Moves the key buffer to the heap with room for need bytes, keeping
+    its first `keep` bytes."""
+    cdef size_t n = 2 * it.keycap
+    if n < need:
+        n = need
+    cdef uint8_t *p = <uint8_t *>malloc(n)
+    if p == NULL:
+        return FDB_ERR_NOMEM
+    memcpy(p, it.keybuf, keep)
+    if it.keybuf != <uint8_t *>it.small:
+        free(it.keybuf)
+    it.keybuf = p
+    it.keycap = n
+    return FDB_OK
+
+
 cdef int _decode_at(CBlockIter *it, size_t off, bint at_restart) noexcept nogil:
     """Makes the entry at off current; keybuf holds the previous key."""
     cdef uint64_t shared, unshared, vlen
@@ -209,7 +226,7 @@ cdef int _decode_at(CBlockIter *it, size_t off, bint at_restart) noexcept nogil:
     cdef size_t klen = <size_t>(shared + unshared)
     if klen < FDB_TRAILER_SIZE:
         return _corrupt(it, off, "key shorter than an internal key")
-    if _reserve(&it.keybuf, &it.keycap, klen) != FDB_OK:
+    if klen > it.keycap and _grow_key(it, klen, <size_t>shared) != FDB_OK:
         it.base.valid = 0
         it.base.status = FDB_ERR_NOMEM
         return FDB_ERR_NOMEM
@@ -406,8 +423,8 @@ cdef void block_iter_init(CBlockIter *it) noexcept nogil:
     it.next_off = 0
     it.ri = 0
     it.klen = 0
-    it.keybuf = NULL
-    it.keycap = 0
+    it.keybuf = <uint8_t *>it.small
+    it.keycap = BLOCK_ITER_SMALL_KEY
     it.err_off = 0
     it.err_msg = NULL
 
@@ -443,9 +460,10 @@ cdef int block_iter_reset(CBlockIter *it, const uint8_t *data, size_t size) noex
 
 
 cdef void block_iter_free(CBlockIter *it) noexcept nogil:
-    free(it.keybuf)
-    it.keybuf = NULL
-    it.keycap = 0
+    if it.keybuf != <uint8_t *>it.small:
+        free(it.keybuf)
+    it.keybuf = <uint8_t *>it.small
+    it.keycap = BLOCK_ITER_SMALL_KEY
     it.klen = 0
     it.base.valid = 0
 

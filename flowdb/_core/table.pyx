@@ -43,7 +43,8 @@ from flowdb._core.cdefs cimport (
     FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_IO, FDB_ERR_NOMEM, FDB_ERR_PYTHON,
     FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
     FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
-from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
+                                    HIT_SAME_UKEY, VERSION_FOUND, VERSION_NONE)
 from flowdb._core.block cimport (
     CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
     block_builder_init, block_builder_add, block_builder_estimate,
@@ -488,6 +489,19 @@ cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
     return v
 
 
+cdef Py_ssize_t _index_lower_bound(const IndexEntry *index, const uint8_t *keys,
+                                  Py_ssize_t n, const uint8_t *t, size_t tn) noexcept nogil:
+    """The first block whose last key is >= t (n if none)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if fdb_ikey_cmp(keys + index[mid].key_off, index[mid].key_len, t, tn) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef class _Index:
     """A table's decoded index block: owns the two C arrays.  A TableReader
     and each of its iterators hold a reference, so releasing the reader's
@@ -696,6 +710,147 @@ cdef class TableReader(Source):
                 meta.trusted = False
                 cache.insert(self.cache_file, offset, data, &meta)
         return data
+
+    cdef bytes _data_block(self, const IndexEntry *e, bint fill_cache, bint verify,
+                           CBlockIter *blk):
+        """Only blocks read with verify whose restart array passed
+        block_iter_reset are cached, together with what that check found, so
+        a cached block is trusted: block_iter_reset_trusted skips the check
+        (the entries are still bounds-checked as they are decoded).  A block
+        read without checksum verification is never cached and always fully
+        checked."""
+        cdef BlockCache cache = self.block_cache
+        cdef BlockMeta meta
+        cdef bytes data = None
+        if cache is not None:
+            data = cache.lookup(self.cache_file, e.offset, &meta)
+        if data is not None:
+            self.blocks_loaded += 1
+            if meta.trusted:
+                block_iter_reset_trusted(blk, <const uint8_t *><const char *>data, len(data),
+                                         meta.data_end, meta.num_restarts)
+                return data
+            if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
+                raise self._block_error(blk, e.offset)
+            return data
+        self.blocks_read += 1
+        data = self._read_block(e.offset, e.size, verify, "data block")
+        self.blocks_loaded += 1
+        if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
+            raise self._block_error(blk, e.offset)
+        cache = self.block_cache            # None once the table is retired (detach_cache)
+        if fill_cache and verify and cache is not None:
+            meta.data_end = blk.data_end
+            meta.num_restarts = blk.num_restarts
+            meta.trusted = True
+            cache.insert(self.cache_file, e.offset, data, &meta)
+        return data
+
+    cdef object _block_error(self, const CBlockIter *blk, uint64_t offset):
+        if blk.base.status == FDB_ERR_NOMEM:
+            return MemoryError()
+        cdef const char *msg = blk.err_msg
+        text = (<bytes>msg).decode() if msg != NULL else "unreadable"
+        return CorruptionError(f"corrupt data block: {text} (byte {blk.err_off} "
+                               f"of the decompressed block)", self.path, offset)
+
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit):
+        # The entry is in the first block whose last key is >= target, if
+        # that block's ts bounds admit ts: no iterator, one block.
+        cdef CBlockIter blk
+        cdef int64_t ts = fdb_ikey_ts(target, tn)
+        cdef _Index h
+        cdef const IndexEntry *e
+        cdef Py_ssize_t i
+        hit.found = False
+        while self.index_holder is None:
+            self.ensure_meta()
+        h = <_Index>self.index_holder       # ours, whatever release_meta does meanwhile
+        i = _index_lower_bound(h.index, h.keys, h.n, target, tn)
+        if i >= <Py_ssize_t>h.n:
+            return None
+        e = &h.index[i]
+        if ts < e.min_ts or ts > e.max_ts:
+            return None
+        block_iter_init(&blk)
+        try:
+            data = self._data_block(e, fill_cache, verify_checksums, &blk)
+            blk.base.seek(&blk.base, target, tn)
+            self._on_entry(&blk, e.offset, "data block ends before its index key")
+            return data if entry_hit(blk.base.key, blk.base.key_len, blk.base.value,
+                                     blk.base.value_len, target, tn, HIT_SAME_TS, hit) else None
+        finally:
+            block_iter_free(&blk)
+
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit):
+        cdef CBlockIter blk
+        cdef _Index h
+        cdef Py_ssize_t i
+        hit.found = False
+        while self.index_holder is None:
+            self.ensure_meta()
+        h = <_Index>self.index_holder
+        i = _index_lower_bound(h.index, h.keys, h.n, target, tn)
+        block_iter_init(&blk)
+        try:
+            if i < <Py_ssize_t>h.n:
+                data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
+                blk.base.seek_for_prev(&blk.base, target, tn)
+                if blk.base.status != FDB_OK:
+                    raise self._block_error(&blk, h.index[i].offset)
+            if not blk.base.valid:
+                # Every key of the blocks before i is < target.
+                i -= 1
+                if i < 0:
+                    return None
+                data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
+                block_iter_seek_to_last(&blk)
+                self._on_entry(&blk, h.index[i].offset, "data block holds no entry")
+            if not entry_hit(blk.base.key, blk.base.key_len, blk.base.value, blk.base.value_len,
+                             target, tn, HIT_SAME_UKEY, hit):
+                return None
+            self._floor_version(&blk, i > 0, h.index[i].offset, target, tn, snapshot, hit)
+            return data
+        finally:
+            block_iter_free(&blk)
+
+    cdef int _floor_version(self, CBlockIter *blk, bint has_prev_block, uint64_t offset,
+                            const uint8_t *target, size_t tn, uint64_t snapshot,
+                            EntryHit *hit) except -1:
+        """find_floor's hit.version, from the block it found the floor in:
+        the versions of (ukey, hit.ts) end there, so a seek in that block
+        (already in hand) finds the newest one <= snapshot, unless that is
+        the block's first entry and newer ones may end the block before."""
+        cdef uint8_t small[256]
+        cdef uint8_t *t = <uint8_t *>small if tn <= 256 else <uint8_t *>malloc(tn)
+        cdef EntryHit v
+        if t == NULL:
+            raise MemoryError()
+        try:
+            fdb_ikey_write(t, target, tn - FDB_TRAILER_SIZE, hit.ts, snapshot, 0xff)
+            blk.base.seek(&blk.base, t, tn)
+            if blk.base.status != FDB_OK:
+                raise self._block_error(blk, offset)
+            if not (blk.base.valid and entry_hit(blk.base.key, blk.base.key_len, blk.base.value,
+                                                 blk.base.value_len, t, tn, HIT_SAME_TS, &v)):
+                hit.version = VERSION_NONE
+            elif blk.cur != 0 or not has_prev_block:
+                hit[0] = v
+                hit.version = VERSION_FOUND
+            return 0
+        finally:
+            if t != <uint8_t *>small:
+                free(t)
+
+    cdef int _on_entry(self, const CBlockIter *blk, uint64_t offset, str why) except -1:
+        """After a move that must land on an entry of the block at offset."""
+        if blk.base.status != FDB_OK:
+            raise self._block_error(blk, offset)
+        if not blk.base.valid:
+            raise self._corrupt(why, offset)
+        return 0
 
     def release_meta(self):
         """Drop the in-memory index and bloom filter; returns the bytes freed.
@@ -933,70 +1088,27 @@ cdef class TableIterator(Iterator):
         self.st.base.valid = 0
         return code
 
-    cdef object _block_error(self):
-        cdef const char *msg = self.st.blk.err_msg
-        cdef uint64_t off = self.st.index[self.st.cur].offset if self.st.cur >= 0 else 0
-        text = (<bytes>msg).decode() if msg != NULL else "unreadable"
-        return CorruptionError(f"corrupt data block: {text} (byte {self.st.blk.err_off} "
-                               f"of the decompressed block)", self.reader.path, off)
-
     cdef int _load(self, Py_ssize_t i) noexcept:
-        """Points st.blk at data block i: from the cache, else from the file.
-
-        Only blocks read with verify_checksums whose restart array passed
-        block_iter_reset are cached, together with what that check found, so
-        a cached block is trusted: block_iter_reset_trusted skips the check
-        (the entries are still bounds-checked as they are decoded).  A block
-        read without checksum verification is never cached and always fully
-        checked."""
-        cdef TableReader r = self.reader
-        cdef BlockCache cache = r.block_cache
-        cdef BlockMeta meta
-        cdef bytes data = None
-        cdef bint from_file = False
-        if cache is not None:
-            data = cache.lookup(r.cache_file, self.st.index[i].offset, &meta)
-        if data is not None:
-            r.blocks_loaded += 1
-            self.block = data
-            self.st.cur = i
-            if meta.trusted:
-                block_iter_reset_trusted(&self.st.blk, <const uint8_t *><const char *>data,
-                                         len(data), meta.data_end, meta.num_restarts)
-                return FDB_OK
-        else:
-            try:
-                # Through this iterator's own index: the reader's may be released.
-                r.blocks_read += 1
-                data = r._read_block(self.st.index[i].offset, self.st.index[i].size,
-                                     self.verify_checksums, "data block")
-            except CorruptionError as e:
-                return self._fail(FDB_ERR_CORRUPTION, e)
-            except OSError as e:
-                return self._fail(FDB_ERR_IO, e)
-            except MemoryError as e:
-                return self._fail(FDB_ERR_NOMEM, e)
-            except BaseException as e:
-                return self._fail(FDB_ERR_PYTHON, e)
-            r.blocks_loaded += 1
-            from_file = True
-            self.block = data
-            self.st.cur = i
-        if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
-                            len(data)) != FDB_OK:
-            return self._fail(FDB_ERR_CORRUPTION, self._block_error())
-        cache = r.block_cache               # None once the table is retired (detach_cache)
-        if from_file and self.fill_cache and self.verify_checksums and cache is not None:
-            meta.data_end = self.st.blk.data_end
-            meta.num_restarts = self.st.blk.num_restarts
-            meta.trusted = True
-            cache.insert(r.cache_file, self.st.index[i].offset, data, &meta)
+        """Points st.blk at data block i (TableReader._data_block)."""
+        try:
+            # Through this iterator's own index: the reader's may be released.
+            self.block = self.reader._data_block(&self.st.index[i], self.fill_cache,
+                                                 self.verify_checksums, &self.st.blk)
+        except CorruptionError as e:
+            return self._fail(FDB_ERR_CORRUPTION, e)
+        except OSError as e:
+            return self._fail(FDB_ERR_IO, e)
+        except MemoryError as e:
+            return self._fail(FDB_ERR_NOMEM, e)
+        except BaseException as e:
+            return self._fail(FDB_ERR_PYTHON, e)
+        self.st.cur = i
         return FDB_OK
 
     cdef int _blk_failed(self) noexcept:
-        if self.st.blk.base.status == FDB_ERR_NOMEM:
-            return self._fail(FDB_ERR_NOMEM, MemoryError())
-        return self._fail(self.st.blk.base.status, self._block_error())
+        cdef int code = self.st.blk.base.status
+        return self._fail(code, self.reader._block_error(
+            &self.st.blk, self.st.index[self.st.cur].offset if self.st.cur >= 0 else 0))
 
     @property
     def blocks_held(self):
@@ -1073,16 +1185,9 @@ cdef int _ti_backward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
     return _ti_sync(st)
 
 
-cdef Py_ssize_t _ti_lower_bound(const TIterState *st, const uint8_t *t, size_t tn) noexcept nogil:
-    """The first block whose last key is >= t (n if none)."""
-    cdef Py_ssize_t lo = 0, hi = st.n, mid
-    while lo < hi:
-        mid = lo + (hi - lo) // 2
-        if fdb_ikey_cmp(st.keys + st.index[mid].key_off, st.index[mid].key_len, t, tn) < 0:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+cdef inline Py_ssize_t _ti_lower_bound(const TIterState *st, const uint8_t *t,
+                                       size_t tn) noexcept nogil:
+    return _index_lower_bound(st.index, st.keys, st.n, t, tn)
 
 
 cdef int _ti_seek_to_first(fdb_iter *base) noexcept nogil:
