@@ -57,7 +57,7 @@ _MIB = 1024 * 1024
 _SCAN_BATCH_MIN = 16                  # records a ScanIterator fetches first ...
 _SCAN_BATCH_MAX = 1024                # ... doubling up to this
 _QUERY_BATCH = 4096                   # query() drains its cursor this many at a time
-_READ_DEFAULTS = ReadOptions()
+_TIME_SOURCES_KEPT = 64               # bucket ranges a view remembers the sources of
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
@@ -88,7 +88,7 @@ class _View:
     with disjoint (key, ts) sets, in key order (flowdb._compaction).
     """
 
-    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "_old_range_dels", "reader")
+    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "reader", "time_sources")
 
     def __init__(self, mem, frozen, runs):
         self.mem = mem                    # the active MemTable
@@ -99,13 +99,10 @@ class _View:
         old = []
         for s in self.sources[1:]:
             old.extend(s.range_dels)
-        self._old_range_dels = old
-        self.reader = _read.PointReader(self.sources, old, mem)   # get, get_latest
-
-    def range_dels(self):
-        """Every range tombstone of the view (the active memtable's grow in place)."""
-        live = self.mem.range_dels
-        return self._old_range_dels + live if live else self._old_range_dels
+        # get, get_latest, and the range deletes every read honours (the
+        # active memtable's grow in place: the reader reads them live).
+        self.reader = _read.PointReader(self.sources, old, mem)
+        self.time_sources = {}            # Engine._time_sources' answers, by bucket range
 
 
 class _Writer:
@@ -1116,28 +1113,43 @@ class Engine:
         if not isinstance(opts, ReadOptions):
             raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
         keys = range.keys
+        return self._cursor_over(view, seq, keys.prefix_bytes, keys.start, keys.end,
+                                 range.ts_start, range.ts_end, opts.fill_cache, opts.verify_checksums)
+
+    def _cursor_over(self, view, seq, prefix, start, end, ts_start, ts_end,
+                     fill_cache=True, verify_checksums=True):
         sources = view.sources
-        if (range.ts_start > INT64_MIN or range.ts_end < INT64_MAX) and view.tables:
-            sources = self._time_sources(view, range.ts_start, range.ts_end)
-        return _read.Cursor(sources, view.range_dels(), seq, _now_us(),
-                            keys.prefix_bytes, keys.start, keys.end,
-                            range.ts_start, range.ts_end,
-                            opts.fill_cache, opts.verify_checksums)
+        if (ts_start > INT64_MIN or ts_end < INT64_MAX) and view.tables:
+            sources = self._time_sources(view, ts_start, ts_end)
+        return _read.Cursor(sources, view.reader.range_del_index(), seq, _now_us(),
+                            prefix, start, end, ts_start, ts_end, fill_cache, verify_checksums)
 
     def _time_sources(self, view, ts_lo, ts_hi):
         """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
 
         Memtables always; a table if the time index has a block of it in a
         bucket the range touches, or if the index does not know it (a table
-        of an older, pinned view).  Order is kept: recency order matters."""
+        of an older, pinned view).  Order is kept: recency order matters.
+        The answer depends only on the buckets the range touches, and is a
+        superset of what the view needs whenever it was computed (blocks'
+        bounds never change), so the view keeps it for the next read."""
         index = self._time_index
-        with self._mutex:
-            cands = index.candidates(ts_lo, ts_hi)
-            if cands is None:
-                return view.sources
-            keep = [t for t in view.tables if t.file_number in cands or not index.knows(t.file_number)]
-        self._tables_skipped_by_time_index += len(view.tables) - len(keep)
-        return view.sources[:1 + len(view.frozen)] + keep
+        width = index.width
+        bucket_range = (ts_lo // width, ts_hi // width)
+        found = view.time_sources.get(bucket_range)
+        if found is None:
+            with self._mutex:
+                cands = index.candidates(ts_lo, ts_hi)
+                if cands is None:
+                    found = (view.sources, 0)
+                else:
+                    keep = [t for t in view.tables
+                            if t.file_number in cands or not index.knows(t.file_number)]
+                    found = (view.sources[:1 + len(view.frozen)] + keep, len(view.tables) - len(keep))
+            if len(view.time_sources) < _TIME_SOURCES_KEPT:
+                view.time_sources[bucket_range] = found
+        self._tables_skipped_by_time_index += found[1]
+        return found[0]
 
     def scan_prefix(self, prefix) -> ScanIterator:
         return self.scan(ScanRange.prefix(prefix))
@@ -1147,11 +1159,18 @@ class Engine:
 
     def query(self, query: ScanRange) -> list:
         """Every record the query selects, in (key, ts) order."""
+        if not isinstance(query, ScanRange):
+            raise TypeError(f"scan takes a ScanRange or Query, not {type(query).__name__}")
+        keys = query.keys
+        return self._query(keys.prefix_bytes, keys.start, keys.end, query.ts_start, query.ts_end)
+
+    def _query(self, prefix, start, end, ts_start, ts_end):
+        """query() of a ScanRange's fields (already checked)."""
         started = time.perf_counter_ns()
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
         view, seq = self._snapshot()
-        cursor = self._cursor(view, seq, query, _READ_DEFAULTS)
+        cursor = self._cursor_over(view, seq, prefix, start, end, ts_start, ts_end)
         # Whole batches, not a Python call per record as iterating would.
         records = cursor.next_batch(_QUERY_BATCH)
         batch = records
@@ -1174,7 +1193,9 @@ class Engine:
         return self.query(ScanRange.time_range(start, end))
 
     def query_prefix_time_range(self, prefix, start, end) -> list:
-        return self.query(ScanRange.prefix_time_range(prefix, start, end))
+        # ScanRange.prefix_time_range's checks, without building it: this is
+        # the hot query of a time-series store.
+        return self._query(as_prefix(prefix), None, None, as_ts(start, "start"), as_ts(end, "end"))
 
     def query_key_time_range(self, start_key, end_key, start, end) -> list:
         return self.query(ScanRange.key_time_range(start_key, end_key, start, end))

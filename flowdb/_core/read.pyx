@@ -203,11 +203,17 @@ cdef list _all_range_dels(list sources):
     return [rd for s in sources for rd in (<Source?>s).range_dels]
 
 
+# Indexes are immutable: every read without range deletes shares this one.
+cdef RangeDelIndex _NO_RANGE_DELS = RangeDelIndex()
+
+
 cdef RangeDelIndex _index(object range_dels, list sources, uint64_t snapshot):
     if isinstance(range_dels, RangeDelIndex):
         return <RangeDelIndex>range_dels
     if range_dels is None:
         range_dels = _all_range_dels(sources)
+    if not range_dels:
+        return _NO_RANGE_DELS
     return RangeDelIndex(range_dels, snapshot)
 
 
@@ -301,8 +307,8 @@ cdef class PointReader:
     of range_dels.  Immutable otherwise, so one reader serves every thread
     (the engine keeps one per view)."""
     cdef list _sources
-    cdef object _rds                # the list not yet indexed, or None
-    cdef RangeDelIndex _rdi         # or None
+    cdef object _rds                # range_dels while not yet indexed
+    cdef RangeDelIndex _rdi         # their index once built (_fixed), else None
     cdef Source _live               # or None
 
     def __init__(self, list sources not None, range_dels=None, Source live=None):
@@ -321,11 +327,7 @@ cdef class PointReader:
     cdef uint64_t _covering(self, bytes key, uint64_t snapshot) except? 0:
         cdef uint64_t best = 0, live_seq
         cdef list live
-        if self._rds is not None:
-            self._rdi = RangeDelIndex(self._rds)
-            self._rds = None
-        if self._rdi is not None:
-            best = self._rdi.covering_seq(key, len(key), snapshot)
+        best = self._fixed().covering_seq(key, len(key), snapshot)
         if self._live is not None:
             live = self._live.range_dels
             if live:
@@ -333,6 +335,22 @@ cdef class PointReader:
                 if live_seq > best:
                     best = live_seq
         return best
+
+    def range_del_index(self):
+        """A RangeDelIndex of the tombstones this reader honours now (the
+        live source's included), for a Cursor over the same sources."""
+        cdef list live = self._live.range_dels if self._live is not None else None
+        cdef RangeDelIndex fixed = self._fixed()
+        if live:
+            return RangeDelIndex(fixed.range_dels + live)
+        return fixed
+
+    cdef RangeDelIndex _fixed(self):
+        """The index of range_dels, built on first use."""
+        if self._rdi is None:
+            self._rdi = RangeDelIndex(self._rds) if self._rds else _NO_RANGE_DELS
+            self._rds = None
+        return self._rdi
 
     cdef object _resolve(self, bytes key, EntryHit *hit, uint64_t snapshot, int64_t now):
         return _live_record(key, hit, self._covering(key, snapshot)
