@@ -134,16 +134,10 @@ cdef class TableReader(Source):
                            CBlockIter *blk)
     # The CorruptionError for what blk found wrong in the block at offset.
     cdef object _block_error(self, const CBlockIter *blk, uint64_t offset)
-    # Raises unless blk, just moved in the block at offset, is on an entry
-    # (`why`: what it means if it is not).
-    cdef int _on_entry(self, const CBlockIter *blk, uint64_t offset, str why) except -1
     # Source's point reads, without an iterator object (iterator.pxd).
     cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
                              bint verify_checksums, EntryHit *hit)
     cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
                            bint fill_cache, bint verify_checksums, EntryHit *hit)
-    cdef int _floor_version(self, CBlockIter *blk, bint has_prev_block, uint64_t offset,
-                            const uint8_t *target, size_t tn, uint64_t snapshot,
-                            EntryHit *hit) except -1
     cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
                                 long long ts_lo=*, long long ts_hi=*)

@@ -44,11 +44,12 @@ from flowdb._core.cdefs cimport (
     FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
     FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
 from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
-                                    HIT_SAME_UKEY, VERSION_FOUND, VERSION_NONE)
+                                    VERSION_UNKNOWN, VERSION_FOUND, VERSION_NONE)
 from flowdb._core.block cimport (
     CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
     block_builder_init, block_builder_add, block_builder_estimate,
     block_builder_finish, block_builder_reset, block_builder_free,
+    BlockFloor, block_iter_floor,
     block_iter_init, block_iter_reset, block_iter_reset_trusted, block_iter_seek_to_last,
     block_iter_free)
 from flowdb._core.block_cache cimport BlockCache, BlockMeta
@@ -672,7 +673,7 @@ cdef class TableReader(Source):
         typ = raw[size]
         if verify:
             crc = int.from_bytes(raw[size + 1:], "little")
-            if _crc32c.crc32c(raw[size:size + 1], _crc32c.crc32c(memoryview(raw)[:size])) != crc:
+            if _crc32c.crc32c(memoryview(raw)[:size + 1]) != crc:      # stored | type
                 raise self._corrupt(f"{what} checksum mismatch", offset)
         if typ == COMPRESSION_NONE:
             return raw[:size]
@@ -777,7 +778,10 @@ cdef class TableReader(Source):
         try:
             data = self._data_block(e, fill_cache, verify_checksums, &blk)
             blk.base.seek(&blk.base, target, tn)
-            self._on_entry(&blk, e.offset, "data block ends before its index key")
+            if blk.base.status != FDB_OK:
+                raise self._block_error(&blk, e.offset)
+            if not blk.base.valid:
+                raise self._corrupt("data block ends before its index key", e.offset)
             return data if entry_hit(blk.base.key, blk.base.key_len, blk.base.value,
                                      blk.base.value_len, target, tn, HIT_SAME_TS, hit) else None
         finally:
@@ -785,10 +789,15 @@ cdef class TableReader(Source):
 
     cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
                            bint fill_cache, bint verify_checksums, EntryHit *hit):
+        # One pass over one block (block_iter_floor), which also finds the
+        # newest visible version of the floor's ts unless its versions may
+        # begin in the block before.
         cdef CBlockIter blk
+        cdef BlockFloor f
         cdef _Index h
         cdef Py_ssize_t i
         hit.found = False
+        f.found = False
         while self.index_holder is None:
             self.ensure_meta()
         h = <_Index>self.index_holder
@@ -797,60 +806,41 @@ cdef class TableReader(Source):
         try:
             if i < <Py_ssize_t>h.n:
                 data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
-                blk.base.seek_for_prev(&blk.base, target, tn)
-                if blk.base.status != FDB_OK:
+                if block_iter_floor(&blk, target, tn, tn - FDB_TRAILER_SIZE, snapshot,
+                                    &f) != FDB_OK:
                     raise self._block_error(&blk, h.index[i].offset)
-            if not blk.base.valid:
+            if not f.found:
                 # Every key of the blocks before i is < target.
                 i -= 1
                 if i < 0:
                     return None
                 data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
-                block_iter_seek_to_last(&blk)
-                self._on_entry(&blk, h.index[i].offset, "data block holds no entry")
-            if not entry_hit(blk.base.key, blk.base.key_len, blk.base.value, blk.base.value_len,
-                             target, tn, HIT_SAME_UKEY, hit):
-                return None
-            self._floor_version(&blk, i > 0, h.index[i].offset, target, tn, snapshot, hit)
-            return data
+                if block_iter_floor(&blk, target, tn, tn - FDB_TRAILER_SIZE, snapshot,
+                                    &f) != FDB_OK:
+                    raise self._block_error(&blk, h.index[i].offset)
+                if not f.found:
+                    raise self._corrupt("data block holds no entry", h.index[i].offset)
         finally:
             block_iter_free(&blk)
-
-    cdef int _floor_version(self, CBlockIter *blk, bint has_prev_block, uint64_t offset,
-                            const uint8_t *target, size_t tn, uint64_t snapshot,
-                            EntryHit *hit) except -1:
-        """find_floor's hit.version, from the block it found the floor in:
-        the versions of (ukey, hit.ts) end there, so a seek in that block
-        (already in hand) finds the newest one <= snapshot, unless that is
-        the block's first entry and newer ones may end the block before."""
-        cdef uint8_t small[256]
-        cdef uint8_t *t = <uint8_t *>small if tn <= 256 else <uint8_t *>malloc(tn)
-        cdef EntryHit v
-        if t == NULL:
-            raise MemoryError()
-        try:
-            fdb_ikey_write(t, target, tn - FDB_TRAILER_SIZE, hit.ts, snapshot, 0xff)
-            blk.base.seek(&blk.base, t, tn)
-            if blk.base.status != FDB_OK:
-                raise self._block_error(blk, offset)
-            if not (blk.base.valid and entry_hit(blk.base.key, blk.base.key_len, blk.base.value,
-                                                 blk.base.value_len, t, tn, HIT_SAME_TS, &v)):
-                hit.version = VERSION_NONE
-            elif blk.cur != 0 or not has_prev_block:
-                hit[0] = v
+        if not f.same_ukey:
+            return None
+        hit.found = True
+        hit.ts = f.ts
+        hit.seq = f.seq
+        hit.kind = f.kind
+        hit.value = f.value
+        hit.value_len = f.value_len
+        hit.version = VERSION_UNKNOWN
+        if f.group_whole and not (f.group_at_start and i > 0):
+            if f.version_found:
+                hit.seq = f.version_seq
+                hit.kind = f.version_kind
+                hit.value = f.version_value
+                hit.value_len = f.version_value_len
                 hit.version = VERSION_FOUND
-            return 0
-        finally:
-            if t != <uint8_t *>small:
-                free(t)
-
-    cdef int _on_entry(self, const CBlockIter *blk, uint64_t offset, str why) except -1:
-        """After a move that must land on an entry of the block at offset."""
-        if blk.base.status != FDB_OK:
-            raise self._block_error(blk, offset)
-        if not blk.base.valid:
-            raise self._corrupt(why, offset)
-        return 0
+            else:
+                hit.version = VERSION_NONE
+        return data
 
     def release_meta(self):
         """Drop the in-memory index and bloom filter; returns the bytes freed.

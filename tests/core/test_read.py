@@ -982,6 +982,21 @@ def test_table_point_read_skips_a_block_outside_its_ts_bounds(tmp_path):
     assert get_latest([table], None, 41, NOW, b"k").value == b"v40"     # seq = ts + 1
 
 
+@pytest.mark.parametrize("block_size", [1, 64, 4096])
+def test_table_get_latest_versions_spanning_blocks_and_restarts(tmp_path, block_size):
+    # 40 versions of (k, 5) (seqs 11..50) after k at ts 1..4 (seqs 1..4): the
+    # versions cross restart points and, with small blocks, blocks; every
+    # snapshot picks its own newest version, or an older ts when it sees none.
+    ops = [Op("put", b"k", ts, ts, b"old%d" % ts) for ts in range(1, 5)]
+    ops += [Op("put", b"k", 5, seq, b"v%d" % seq) for seq in range(11, 51)]
+    ops += [Op("put", b"l", 0, 60, b"next key")]
+    table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=block_size)
+    for snapshot in [2, 4, 10, 11, 12, 27, 49, 50, MAX_SEQ]:
+        want = model_latest(model_live(ops, snapshot), b"k")
+        assert get_latest([table], None, snapshot, NOW, b"k") == want, snapshot
+        assert read.PointReader([table]).get_latest(b"k", snapshot) == want, snapshot
+
+
 def test_table_point_read_fill_cache_false_leaves_the_cache_alone(tmp_path):
     ops = [Op("put", b"k%02d" % i, 1, i + 1, b"v") for i in range(40)]
     table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=64)
