@@ -56,16 +56,15 @@ log = logging.getLogger("flowdb")
 _MIB = 1024 * 1024
 _SCAN_BATCH_MIN = 16                  # records a ScanIterator fetches first ...
 _SCAN_BATCH_MAX = 1024                # ... doubling up to this
+_QUERY_BATCH = 4096                   # query() drains its cursor this many at a time
+_TIME_SOURCES_KEPT = 64               # bucket ranges a view remembers the sources of
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
 _GC_MERGE_MIN_GARBAGE = 0.2         # the GC timer merges to purge past this share of garbage
 
 
-_perf_ns = time.perf_counter_ns
 _time_ns = time.time_ns
-_read_get = _read.get
-_read_get_latest = _read.get_latest
 
 
 def _now_us() -> int:
@@ -89,7 +88,7 @@ class _View:
     with disjoint (key, ts) sets, in key order (flowdb._compaction).
     """
 
-    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "_old_range_dels")
+    __slots__ = ("mem", "frozen", "runs", "tables", "sources", "reader", "time_sources")
 
     def __init__(self, mem, frozen, runs):
         self.mem = mem                    # the active MemTable
@@ -100,12 +99,10 @@ class _View:
         old = []
         for s in self.sources[1:]:
             old.extend(s.range_dels)
-        self._old_range_dels = old
-
-    def range_dels(self):
-        """Every range tombstone of the view (the active memtable's grow in place)."""
-        live = self.mem.range_dels
-        return self._old_range_dels + live if live else self._old_range_dels
+        # get, get_latest, and the range deletes every read honours (the
+        # active memtable's grow in place: the reader reads them live).
+        self.reader = _read.PointReader(self.sources, old, mem)
+        self.time_sources = {}            # Engine._time_sources' answers, by bucket range
 
 
 class _Writer:
@@ -294,12 +291,10 @@ class Snapshot:
         return self._view
 
     def get(self, key, ts):
-        view = self._live_view()
-        return _read_get(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key), as_ts(ts))
+        return self._live_view().reader.get(key, ts, self._seq)
 
     def get_latest(self, key):
-        view = self._live_view()
-        return _read_get_latest(view.sources, view.range_dels(), self._seq, _now_us(), as_key(key))
+        return self._live_view().reader.get_latest(key, self._seq)
 
     def scan(self, range: ScanRange, opts: ReadOptions = ReadOptions()) -> ScanIterator:
         return self._engine._scan_at(self._live_view(), self._seq, range, opts)
@@ -402,6 +397,7 @@ class Engine:
         self._tables_skipped_by_time_index = 0
         self._write_hist = LatencyHistogram()
         self._query_hist = LatencyHistogram()
+        self._read_stats = _read.ReadStats(self._query_hist)   # point reads count here
         self._flush_hist = LatencyHistogram()
 
     def _recover(self):
@@ -1081,16 +1077,8 @@ class Engine:
         """The record at exactly (key, ts), or None."""
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
-        key = as_key(key)
-        ts = as_ts(ts)
-        started = _perf_ns()
         seq = self._visible_seq            # before the view: see the module doc
-        view = self._view
-        record = _read_get(view.sources, view.range_dels(), seq, _time_ns() // 1000, key, ts)
-        if record is not None:
-            self._records_read += 1
-        self._query_hist.record((_perf_ns() - started) // 1000)
-        return record
+        return self._view.reader.get(key, ts, seq, self._read_stats)
 
     def get_sync(self, key, ts):
         """As get, but never raises for a missing record or a read error: None."""
@@ -1105,15 +1093,8 @@ class Engine:
         """The live record of key with the greatest ts, or None."""
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
-        key = as_key(key)
-        started = _perf_ns()
-        seq = self._visible_seq
-        view = self._view
-        record = _read_get_latest(view.sources, view.range_dels(), seq, _time_ns() // 1000, key)
-        if record is not None:
-            self._records_read += 1
-        self._query_hist.record((_perf_ns() - started) // 1000)
-        return record
+        seq = self._visible_seq            # before the view: see the module doc
+        return self._view.reader.get_latest(key, seq, self._read_stats)
 
     def scan(self, range: ScanRange) -> ScanIterator:
         return self.scan_opt(range, ReadOptions())
@@ -1126,34 +1107,53 @@ class Engine:
         return self._scan_at(view, seq, range, opts)
 
     def _scan_at(self, view, seq, range, opts):
+        return ScanIterator(self, view, self._cursor(view, seq, range, opts))
+
+    def _cursor(self, view, seq, range, opts):
         if not isinstance(range, ScanRange):
             raise TypeError(f"scan takes a ScanRange or Query, not {type(range).__name__}")
         if not isinstance(opts, ReadOptions):
             raise TypeError(f"opts must be ReadOptions, not {type(opts).__name__}")
         keys = range.keys
+        return self._cursor_over(view, seq, keys.prefix_bytes, keys.start, keys.end,
+                                 range.ts_start, range.ts_end, opts.fill_cache, opts.verify_checksums,
+                                 opts.reverse)
+
+    def _cursor_over(self, view, seq, prefix, start, end, ts_start, ts_end,
+                     fill_cache=True, verify_checksums=True, reverse=False):
         sources = view.sources
-        if (range.ts_start > INT64_MIN or range.ts_end < INT64_MAX) and view.tables:
-            sources = self._time_sources(view, range.ts_start, range.ts_end)
-        cursor = _read.Cursor(sources, view.range_dels(), seq, _now_us(),
-                              keys.prefix_bytes, keys.start, keys.end,
-                              range.ts_start, range.ts_end,
-                              opts.fill_cache, opts.verify_checksums, opts.reverse)
-        return ScanIterator(self, view, cursor)
+        if (ts_start > INT64_MIN or ts_end < INT64_MAX) and view.tables:
+            sources = self._time_sources(view, ts_start, ts_end)
+        return _read.Cursor(sources, view.reader.range_del_index(), seq, _now_us(),
+                            prefix, start, end, ts_start, ts_end, fill_cache, verify_checksums,
+                            reverse)
 
     def _time_sources(self, view, ts_lo, ts_hi):
         """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
 
         Memtables always; a table if the time index has a block of it in a
         bucket the range touches, or if the index does not know it (a table
-        of an older, pinned view).  Order is kept: recency order matters."""
+        of an older, pinned view).  Order is kept: recency order matters.
+        The answer depends only on the buckets the range touches, and is a
+        superset of what the view needs whenever it was computed (blocks'
+        bounds never change), so the view keeps it for the next read."""
         index = self._time_index
-        with self._mutex:
-            cands = index.candidates(ts_lo, ts_hi)
-            if cands is None:
-                return view.sources
-            keep = [t for t in view.tables if t.file_number in cands or not index.knows(t.file_number)]
-        self._tables_skipped_by_time_index += len(view.tables) - len(keep)
-        return view.sources[:1 + len(view.frozen)] + keep
+        width = index.width
+        bucket_range = (ts_lo // width, ts_hi // width)
+        found = view.time_sources.get(bucket_range)
+        if found is None:
+            with self._mutex:
+                cands = index.candidates(ts_lo, ts_hi)
+                if cands is None:
+                    found = (view.sources, 0)
+                else:
+                    keep = [t for t in view.tables
+                            if t.file_number in cands or not index.knows(t.file_number)]
+                    found = (view.sources[:1 + len(view.frozen)] + keep, len(view.tables) - len(keep))
+            if len(view.time_sources) < _TIME_SOURCES_KEPT:
+                view.time_sources[bucket_range] = found
+        self._tables_skipped_by_time_index += found[1]
+        return found[0]
 
     def scan_prefix(self, prefix) -> ScanIterator:
         return self.scan(ScanRange.prefix(prefix))
@@ -1163,8 +1163,27 @@ class Engine:
 
     def query(self, query: ScanRange) -> list:
         """Every record the query selects, in (key, ts) order."""
+        if not isinstance(query, ScanRange):
+            raise TypeError(f"scan takes a ScanRange or Query, not {type(query).__name__}")
+        keys = query.keys
+        return self._query(keys.prefix_bytes, keys.start, keys.end, query.ts_start, query.ts_end)
+
+    def _query(self, prefix, start, end, ts_start, ts_end):
+        """query() of a ScanRange's fields (already checked)."""
         started = time.perf_counter_ns()
-        records = list(self.scan(query))
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
+        view, seq = self._snapshot()
+        cursor = self._cursor_over(view, seq, prefix, start, end, ts_start, ts_end)
+        # Whole batches, not a Python call per record as iterating would.
+        records = cursor.next_batch(_QUERY_BATCH)
+        batch = records
+        while len(batch) == _QUERY_BATCH:       # fewer: the end
+            if self._closed:
+                raise InvalidStateError("the engine was shut down during this query")
+            batch = cursor.next_batch(_QUERY_BATCH)
+            records += batch
+        self._records_read += len(records)
         self._query_hist.record((time.perf_counter_ns() - started) // 1000)
         return records
 
@@ -1178,7 +1197,9 @@ class Engine:
         return self.query(ScanRange.time_range(start, end))
 
     def query_prefix_time_range(self, prefix, start, end) -> list:
-        return self.query(ScanRange.prefix_time_range(prefix, start, end))
+        # ScanRange.prefix_time_range's checks, without building it: this is
+        # the hot query of a time-series store.
+        return self._query(as_prefix(prefix), None, None, as_ts(start, "start"), as_ts(end, "end"))
 
     def query_key_time_range(self, start_key, end_key, start, end) -> list:
         return self.query(ScanRange.key_time_range(start_key, end_key, start, end))
@@ -1196,7 +1217,7 @@ class Engine:
         return EngineStats(
             total_records_written=self._records_written,
             total_bytes_written=self._bytes_written,
-            total_records_read=self._records_read,
+            total_records_read=self._records_read + self._read_stats.records_read,
             total_records_expired=self._expired_dropped,
             total_flushes=self._flushes,
             total_gc_runs=self._gc_runs,

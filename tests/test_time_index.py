@@ -118,6 +118,25 @@ def test_time_range_sees_tables_of_a_pinned_snapshot_after_compaction(engine_fac
     assert len(want) == 4 * 11
 
 
+def test_time_sources_are_remembered_per_view_and_skips_counted_per_read(engine_factory):
+    e = engine_factory(time_bucket_secs=1)
+    _fill(e, 4, 50, 0, SEC // 10, flush_every=10)          # 5 tables of 1 s each
+
+    def skipped():
+        return e._tables_skipped_by_time_index
+
+    want = recs(e.query_time_range(SEC, SEC + SEC // 2))
+    per_read = skipped()
+    assert per_read >= 3 and len(want) == 4 * 6
+    assert recs(e.query_time_range(SEC, SEC + SEC // 2)) == want     # remembered by the view
+    assert skipped() == 2 * per_read
+    e.write_batch([Record(b"series-0000", SEC + 1, b"late")])
+    e.flush()                                              # a new view, a new table in range
+    got = e.query_time_range(SEC, SEC + SEC // 2)
+    assert len(got) == len(want) + 1
+    assert [(r.key, r.ts) for r in got if r.value == b"late"] == [(b"series-0000", SEC + 1)]
+
+
 def test_one_percent_window_reads_under_ten_percent_of_blocks(engine_factory):
     # 50 series x 1000 points of ~100 bytes, one point per second; 10 ts = 1%.
     e = engine_factory(time_bucket_secs=60, block_size=4096, memtable_size_mb=1)

@@ -16,7 +16,7 @@ protocol.  Both are plain C state driven by the functions below, without the
 GIL.  Neither is thread-safe; a block's bytes are immutable once built, and
 any number of CBlockIters may read the same bytes at once.
 """
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from flowdb._core.cdefs cimport fdb_iter, FDB_OK
 from flowdb._core.iterator cimport Iterator
 
@@ -31,6 +31,8 @@ cdef extern from *:
     void fdb_prefetch(const void *p) noexcept nogil
 
 cdef enum:
+    # Keys up to this long are rebuilt inside the CBlockIter (no malloc).
+    BLOCK_ITER_SMALL_KEY = 64
     # Entries between restart points (part of the format only through the
     # restart array, which the reader takes as written: changing this is safe).
     BLOCK_RESTART_INTERVAL = 16
@@ -84,14 +86,17 @@ cdef struct CBlockIter:
     size_t next_off           # offset just past the current entry
     uint32_t ri               # restart region of the current entry
     size_t klen               # length of the key in keybuf
-    uint8_t *keybuf           # the current key, rebuilt from the prefix
-    size_t keycap
+    uint8_t *keybuf           # the current key, rebuilt from the prefix: in
+    size_t keycap             #   small, or on the heap once longer
+    uint8_t small[BLOCK_ITER_SMALL_KEY]
     size_t err_off            # offset in the block of the corruption found
     const char *err_msg       # static text describing it (NULL: none)
 
 
 # Prepares an iterator over no block (every move makes it invalid).  Sets the
-# protocol's function pointers; call once before anything else.
+# protocol's function pointers; call once before anything else.  keybuf may
+# point into the struct itself: a CBlockIter is never moved or copied after
+# init.
 cdef void block_iter_init(CBlockIter *it) noexcept nogil
 # Points the iterator at a block (invalid until positioned) after checking the
 # restart array.  FDB_OK or FDB_ERR_CORRUPTION (then status is set too).  On
@@ -121,6 +126,30 @@ cdef inline void block_iter_reset_trusted(CBlockIter *it, const uint8_t *data, s
     it.data_end = data_end
     it.num_restarts = num_restarts
     it.klen = 0
+# What block_iter_floor found: the last entry <= target (the floor), and of
+# the versions of the floor's (user key, ts) the newest with seq <= snapshot.
+cdef struct BlockFloor:
+    bint found                # an entry <= target is in the block; then:
+    bint same_ukey            # its user key is the target's
+    int64_t ts                # its ts, seq, kind and value
+    uint64_t seq
+    unsigned kind
+    const uint8_t *value
+    size_t value_len
+    bint group_whole          # every version of (ukey, ts) in the block was seen
+    bint group_at_start       # the first of them is the block's first entry
+    bint version_found        # one of them has seq <= snapshot: the newest such
+    uint64_t version_seq
+    unsigned version_kind
+    const uint8_t *version_value
+    size_t version_value_len
+
+# The last entry <= target (ukey_len: the target's user key length) in one
+# pass over the block, no step back.  Leaves the iterator past it: only
+# *out (whose pointers are into the block) tells the result.  FDB_OK or the
+# status of a corrupt entry.
+cdef int block_iter_floor(CBlockIter *it, const uint8_t *target, size_t tn, size_t ukey_len,
+                          uint64_t snapshot, BlockFloor *out) noexcept nogil
 # The last entry of the block.
 cdef int block_iter_seek_to_last(CBlockIter *it) noexcept nogil
 # The entry before the current one (invalid before the first).

@@ -16,10 +16,11 @@ restart array block_iter_reset already accepted (a block in the block cache),
 it takes that result instead of walking the array again; the entries are
 still checked as they are decoded.
 """
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
-from flowdb._core.cdefs cimport (fdb_iter, fdb_ikey_cmp, fdb_put_varint,
+from libc.string cimport memcpy, memcmp
+from flowdb._core.cdefs cimport (fdb_iter, fdb_ikey_cmp, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
+                                 fdb_put_varint,
                                  fdb_get_varint, fdb_put_u32le, fdb_get_u32le,
                                  FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_NOMEM,
                                  FDB_TRAILER_SIZE, FDB_MAX_VARINT64)
@@ -194,6 +195,23 @@ cdef int _parse(const CBlockIter *it, size_t off, uint64_t *shared,
     return 0
 
 
+cdef int _grow_key(CBlockIter *it, size_t need, size_t keep) noexcept nogil:
+    """Moves the key buffer to the heap with room for need bytes, keeping
+    its first `keep` bytes."""
+    cdef size_t n = 2 * it.keycap
+    if n < need:
+        n = need
+    cdef uint8_t *p = <uint8_t *>malloc(n)
+    if p == NULL:
+        return FDB_ERR_NOMEM
+    memcpy(p, it.keybuf, keep)
+    if it.keybuf != <uint8_t *>it.small:
+        free(it.keybuf)
+    it.keybuf = p
+    it.keycap = n
+    return FDB_OK
+
+
 cdef int _decode_at(CBlockIter *it, size_t off, bint at_restart) noexcept nogil:
     """Makes the entry at off current; keybuf holds the previous key."""
     cdef uint64_t shared, unshared, vlen
@@ -209,7 +227,7 @@ cdef int _decode_at(CBlockIter *it, size_t off, bint at_restart) noexcept nogil:
     cdef size_t klen = <size_t>(shared + unshared)
     if klen < FDB_TRAILER_SIZE:
         return _corrupt(it, off, "key shorter than an internal key")
-    if _reserve(&it.keybuf, &it.keycap, klen) != FDB_OK:
+    if klen > it.keycap and _grow_key(it, klen, <size_t>shared) != FDB_OK:
         it.base.valid = 0
         it.base.status = FDB_ERR_NOMEM
         return FDB_ERR_NOMEM
@@ -282,6 +300,19 @@ cdef inline void _prefetch_restart(const CBlockIter *it, uint32_t lo, uint32_t h
 
 cdef int _blk_seek(fdb_iter *base, const uint8_t *target, size_t tn) noexcept nogil:
     cdef CBlockIter *it = <CBlockIter *>base
+    if _seek_region(it, target, tn) != FDB_OK:
+        return base.status
+    while base.valid and fdb_ikey_cmp(it.keybuf, it.klen, target, tn) < 0:
+        if _advance(it) != FDB_OK:
+            return base.status
+    return FDB_OK
+
+
+cdef int _seek_region(CBlockIter *it, const uint8_t *target, size_t tn) noexcept nogil:
+    """Positions on the last restart point whose key is < target (the first
+    one if none is): the first entry >= target, and the last one < target,
+    are at or after it.  Invalid if the block holds no entry."""
+    cdef fdb_iter *base = &it.base
     cdef uint32_t lo, hi, mid
     cdef const uint8_t *k
     cdef size_t kn, start, end
@@ -321,9 +352,48 @@ cdef int _blk_seek(fdb_iter *base, const uint8_t *target, size_t tn) noexcept no
     while start < end:
         fdb_prefetch(it.data + start)
         start += 64
-    if _seek_restart(it, lo) != FDB_OK:
+    return _seek_restart(it, lo)
+
+
+cdef int block_iter_floor(CBlockIter *it, const uint8_t *target, size_t tn, size_t ukey_len,
+                          uint64_t snapshot, BlockFloor *out) noexcept nogil:
+    cdef fdb_iter *base = &it.base
+    cdef bint first = True, same
+    cdef int64_t ts
+    cdef uint64_t seq
+    out.found = False
+    out.group_whole = False
+    out.version_found = False
+    if _seek_region(it, target, tn) != FDB_OK:
         return base.status
-    while base.valid and fdb_ikey_cmp(it.keybuf, it.klen, target, tn) < 0:
+    # One pass: each entry <= target becomes the floor; for the floor's
+    # (user key, ts) -- when its user key is the target's -- remember the
+    # first version with seq <= snapshot, and whether the pass saw where the
+    # versions of that (user key, ts) begin.
+    while base.valid and fdb_ikey_cmp(it.keybuf, it.klen, target, tn) <= 0:
+        same = it.klen == ukey_len + FDB_TRAILER_SIZE and memcmp(it.keybuf, target, ukey_len) == 0
+        ts = fdb_ikey_ts(it.keybuf, it.klen)
+        seq = fdb_ikey_seq(it.keybuf, it.klen)
+        if not (same and out.found and out.same_ukey and ts == out.ts):
+            # A new (user key, ts): its first version is here, unless this is
+            # the first entry looked at and others may come before it.
+            out.group_whole = not first or it.cur == 0
+            out.group_at_start = it.cur == 0
+            out.version_found = False
+        out.found = True
+        out.same_ukey = same
+        out.ts = ts
+        out.seq = seq
+        out.kind = fdb_ikey_kind(it.keybuf, it.klen)
+        out.value = base.value
+        out.value_len = base.value_len
+        if same and not out.version_found and seq <= snapshot:
+            out.version_found = True
+            out.version_seq = seq
+            out.version_kind = out.kind
+            out.version_value = base.value
+            out.version_value_len = base.value_len
+        first = False
         if _advance(it) != FDB_OK:
             return base.status
     return FDB_OK
@@ -406,8 +476,8 @@ cdef void block_iter_init(CBlockIter *it) noexcept nogil:
     it.next_off = 0
     it.ri = 0
     it.klen = 0
-    it.keybuf = NULL
-    it.keycap = 0
+    it.keybuf = <uint8_t *>it.small
+    it.keycap = BLOCK_ITER_SMALL_KEY
     it.err_off = 0
     it.err_msg = NULL
 
@@ -443,9 +513,10 @@ cdef int block_iter_reset(CBlockIter *it, const uint8_t *data, size_t size) noex
 
 
 cdef void block_iter_free(CBlockIter *it) noexcept nogil:
-    free(it.keybuf)
-    it.keybuf = NULL
-    it.keycap = 0
+    if it.keybuf != <uint8_t *>it.small:
+        free(it.keybuf)
+    it.keybuf = <uint8_t *>it.small
+    it.keycap = BLOCK_ITER_SMALL_KEY
     it.klen = 0
     it.base.valid = 0
 

@@ -11,12 +11,6 @@ the GIL, so concurrent recorders need no lock and lose no sample.
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-cdef enum:
-    SUB_BITS = 3                     # 8 sub-buckets per power of two
-    SUB = 1 << SUB_BITS
-    MAX_POWER = 40
-    NUM_BUCKETS = (MAX_POWER + 1) * SUB
-
 NUM = NUM_BUCKETS
 
 
@@ -52,9 +46,6 @@ def bucket_upper_bound(int index):
 
 cdef class LatencyHistogram:
     """Durations in microseconds; percentiles, and Prometheus buckets."""
-    cdef uint64_t counts[NUM_BUCKETS]
-    cdef readonly uint64_t count
-    cdef readonly uint64_t sum
 
     cpdef void record(self, long long us):
         if us < 0:

@@ -2,9 +2,10 @@
 """Base class of every internal iterator, its Python wrappers, and
 VectorIterator: a reference implementation over a sorted list, used by tests
 and by anything that needs to feed a handful of entries into a merge."""
-from libc.stdint cimport uint8_t, INT64_MIN, INT64_MAX
-from flowdb._core.cdefs cimport (fdb_iter, fdb_iter_init, fdb_ikey_cmp, FDB_OK,
-                                 FDB_ERR_CORRUPTION, FDB_TRAILER_SIZE)
+from libc.stdint cimport uint8_t, int64_t, INT64_MIN, INT64_MAX
+from flowdb._core.cdefs cimport (fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_ts,
+                                 fdb_ikey_kind, FDB_OK, FDB_ERR_CORRUPTION,
+                                 FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE)
 from flowdb._errors import CorruptionError
 
 
@@ -186,10 +187,51 @@ cdef class Source:
                                 long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):
         raise NotImplementedError
 
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit):
+        cdef int64_t ts = fdb_ikey_ts(target, tn)
+        cdef Iterator itr = self.new_iterator(fill_cache, verify_checksums, ts, ts)
+        cdef fdb_iter *it = itr.it
+        cdef int rc
+        hit.found = False
+        with nogil:
+            rc = it.seek(it, target, tn)
+            # RANGE_DEL entries (a memtable's, at ts INT64_MIN) are not versions.
+            while (rc == FDB_OK and it.valid
+                   and entry_hit(it.key, it.key_len, it.value, it.value_len, target, tn,
+                                 HIT_SAME_TS, hit)
+                   and hit.kind == FDB_KIND_RANGE_DEL):
+                hit.found = False
+                rc = it.next(it)
+        _check_moved(itr, rc)
+        return itr if hit.found else None
+
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit):
+        cdef Iterator itr = self.new_iterator(fill_cache, verify_checksums, INT64_MIN, INT64_MAX)
+        cdef fdb_iter *it = itr.it
+        cdef int rc
+        hit.found = False
+        if it.seek_for_prev == NULL:
+            raise TypeError(f"{type(self).__name__}.new_iterator() has no seek_for_prev; "
+                            "a Source's iterators must have one (include/flowdb.h)")
+        with nogil:
+            rc = it.seek_for_prev(it, target, tn)
+        _check_moved(itr, rc)
+        if it.valid and entry_hit(it.key, it.key_len, it.value, it.value_len, target, tn,
+                                  HIT_SAME_UKEY, hit):
+            return itr
+        return None
+
+
+cdef int _check_moved(Iterator itr, int rc) except -1:
+    if rc != FDB_OK or itr.it.status != FDB_OK:
+        itr.check()
+        raise CorruptionError(f"iterator failed with status {rc}")
+    return 0
+
 
 # -- VectorSource ----------------------------------------------------------------
-
-from flowdb._core.cdefs cimport fdb_ikey_ts, fdb_ikey_kind, FDB_KIND_RANGE_DEL
 
 
 cdef class VectorSource(Source):

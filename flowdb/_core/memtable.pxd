@@ -8,7 +8,7 @@ removed, so an iterator stays valid while the memtable is alive.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from flowdb._core.cdefs cimport fdb_iter
-from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.iterator cimport Iterator, Source, EntryHit
 
 # LevelDB's db/skiplist.h parameters: with branching 4, 12 levels keep
 # searches O(log n) up to 4**12 = 16M entries, far above a memtable's size.
@@ -66,6 +66,11 @@ cdef class MemTable(Source):
 
     # The body of apply(), run with _applying set.
     cdef size_t _apply(self, bytes payload, uint64_t seq_start) except? 0
+    # Source's point reads, straight on the skiplist (iterator.pxd).
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit)
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit)
 
 
 # The C state of a MemTableIterator; `base` first, as the protocol requires.

@@ -26,7 +26,8 @@ from flowdb._core.cdefs cimport (
     fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
     FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
     FDB_MAX_SEQ, FDB_TRAILER_SIZE)
-from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
+                                    HIT_SAME_UKEY)
 from flowdb._core.batch cimport (BatchReader, BatchEntry, batch_reader_init,
                                  batch_reader_next, batch_reader_finish, batch_error)
 
@@ -395,6 +396,31 @@ cdef class MemTable(Source):
         """An iterator over every entry; the arguments are accepted for the
         Source protocol and ignored (a memtable has no cache or blocks)."""
         return MemTableIterator(self)
+
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit):
+        cdef MTNode *n
+        # The GIL stays held: a search is short, and giving the GIL away
+        # may cost a whole switch interval to get it back.
+        hit.found = False
+        n = _find_ge(self.list, target, tn, NULL)
+        # RANGE_DEL nodes (ts INT64_MIN) are not versions.
+        while (n != NULL and entry_hit(n.key, n.key_len, n.key + n.key_len, n.value_len,
+                                       target, tn, HIT_SAME_TS, hit)
+               and hit.kind == FDB_KIND_RANGE_DEL):
+            hit.found = False
+            n = mt_load_next(n, 0)
+        return self if hit.found else None
+
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit):
+        cdef MTNode *n
+        hit.found = False
+        n = _find_le(self.list, target, tn)
+        if n != NULL:
+            entry_hit(n.key, n.key_len, n.key + n.key_len, n.value_len,
+                      target, tn, HIT_SAME_UKEY, hit)
+        return self if hit.found else None
 
 
 # -- MemTableIterator --------------------------------------------------------

@@ -37,16 +37,20 @@ from libc.stdint cimport uint8_t, uint64_t, int64_t, INT64_MIN, INT64_MAX, UINT6
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_write, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
     fdb_ukey_cmp, fdb_get_u64le, FDB_KIND_DELETE, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
-    FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_MAX_KEY, FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_NOMEM,
+    FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_MAX_KEY, FDB_NEVER, FDB_OK, FDB_ERR_CORRUPTION,
+    FDB_ERR_NOMEM,
     FDB_ERR_PYTHON)
-from flowdb._core.iterator cimport Iterator, Source
+from cpython.object cimport PyObject
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+from flowdb._core.iterator cimport Iterator, Source, EntryHit, VERSION_FOUND, VERSION_NONE
 from flowdb._core.merge cimport MergingIterator
-from flowdb._core.record cimport Record, make_record
+from flowdb._core.record cimport Record, make_record, check_key, check_i64
+from flowdb._core.histogram cimport LatencyHistogram
 from flowdb._core.table cimport TableBuilder
 import heapq
 from flowdb._errors import CorruptionError
 
-__all__ = ["get", "get_latest", "Cursor", "compact", "RangeDelIndex"]
+__all__ = ["get", "get_latest", "PointReader", "ReadStats", "Cursor", "compact", "RangeDelIndex"]
 
 # The greatest trailer byte: (key, ts, seq, 0xff) sorts before every entry
 # of (key, ts) with that seq or a smaller one.
@@ -204,36 +208,36 @@ cdef list _all_range_dels(list sources):
     return [rd for s in sources for rd in (<Source?>s).range_dels]
 
 
+# Indexes are immutable: every read without range deletes shares this one.
+cdef RangeDelIndex _NO_RANGE_DELS = RangeDelIndex()
+
+
 cdef RangeDelIndex _index(object range_dels, list sources, uint64_t snapshot):
     if isinstance(range_dels, RangeDelIndex):
         return <RangeDelIndex>range_dels
     if range_dels is None:
         range_dels = _all_range_dels(sources)
+    if not range_dels:
+        return _NO_RANGE_DELS
     return RangeDelIndex(range_dels, snapshot)
 
 
 # -- point reads -------------------------------------------------------------------
 
-cdef int _raise_iter(Iterator itr, int rc) except -1:
-    itr.check()
-    raise CorruptionError(f"iterator failed with status {rc}")
+# Seek targets of up to this many bytes are built on the stack.
+cdef enum:
+    _TARGET_STACK = 256
+
+# `now` for a read that has not needed the clock yet: no record expires at
+# INT64_MIN, and _live_record reads the clock before judging one that may.
+cdef int64_t _NOW_UNREAD = INT64_MIN
 
 
-cdef bint _seek_version(Iterator itr, bytes key, int64_t ts, uint64_t snapshot,
-                        bytearray tbuf) except -1:
-    """Positions itr on the newest entry of (key, ts) with seq <= snapshot;
-    False if it has none."""
-    cdef fdb_iter *it = itr.it
-    cdef const uint8_t *kp = key
-    cdef size_t kn = len(key)
-    cdef uint8_t *t = tbuf
-    cdef int rc
-    cdef bint found
-    with nogil:
-        rc = _to_version(it, t, kp, kn, ts, snapshot, &found)
-    if rc != FDB_OK or it.status != FDB_OK:
-        _raise_iter(itr, rc)
-    return found
+cdef inline int64_t _wall_us() noexcept nogil:
+    """time.time_ns() // 1000, without a Python call."""
+    cdef timespec t
+    clock_gettime(CLOCK_REALTIME, &t)
+    return <int64_t>t.tv_sec * 1000000 + t.tv_nsec // 1000
 
 
 cdef int _to_version(fdb_iter *it, uint8_t *t, const uint8_t *kp, size_t kn, int64_t ts,
@@ -251,31 +255,281 @@ cdef int _to_version(fdb_iter *it, uint8_t *t, const uint8_t *kp, size_t kn, int
     return rc
 
 
-cdef object _resolve(Iterator itr, bytes key, object range_dels, list sources,
-                     uint64_t snapshot, int64_t now):
-    """The Record for the version itr is on (found by _seek_version), or None."""
-    cdef fdb_iter *it = itr.it
-    cdef unsigned kind = fdb_ikey_kind(it.key, it.key_len)
-    cdef uint64_t seq = fdb_ikey_seq(it.key, it.key_len)
-    cdef uint64_t rd_seq = 0
-    if kind == FDB_KIND_PUT and (range_dels is None or range_dels):
-        if isinstance(range_dels, RangeDelIndex):
-            rd_seq = (<RangeDelIndex>range_dels).covering_seq(key, len(key), snapshot)
-        else:
-            # One key: a pass over the list beats building an index.
-            if range_dels is None:
-                range_dels = _all_range_dels(sources)
-            for start, end, q in range_dels:
-                if rd_seq < q <= snapshot and start <= key < end:
-                    rd_seq = q
-    v = _verdict(kind, seq, it.value, it.value_len, rd_seq, now)
+cdef inline int64_t _mono_ns() noexcept nogil:
+    """time.perf_counter_ns(), without a Python call."""
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
+cdef uint64_t _list_covering(list range_dels, bytes key, uint64_t snapshot) except? 0:
+    """RangeDelIndex.covering_seq over a plain list: one key does not pay
+    for building an index."""
+    cdef uint64_t best = 0
+    for start, end, q in range_dels:
+        if best < q <= snapshot and start <= key < end:
+            best = q
+    return best
+
+
+cdef object _live_record(bytes key, EntryHit *hit, uint64_t rd_seq, int64_t now):
+    """The Record of the version in *hit (the first visible one of its
+    (key, ts)) if it is live, else None."""
+    cdef int v
+    if (now == _NOW_UNREAD and hit.kind == FDB_KIND_PUT and hit.value_len >= 8
+            and <int64_t>fdb_get_u64le(hit.value) != FDB_NEVER):
+        now = _wall_us()
+    v = _verdict(hit.kind, hit.seq, hit.value, hit.value_len, rd_seq, now)
     if v == V_CORRUPT:
         raise CorruptionError(_bad_message(BAD_ENTRY))
     if v != V_LIVE:
         return None
-    return make_record(key, fdb_ikey_ts(it.key, it.key_len),
-                       PyBytes_FromStringAndSize(<const char *>it.value + 8, it.value_len - 8),
-                       <int64_t>fdb_get_u64le(it.value))
+    return make_record(key, hit.ts,
+                       PyBytes_FromStringAndSize(<const char *>hit.value + 8, hit.value_len - 8),
+                       <int64_t>fdb_get_u64le(hit.value))
+
+
+# One source as get_latest sees it.
+cdef struct _Candidate:
+    PyObject *src           # borrowed: the PointReader's list holds it
+    int64_t min_ts
+    int64_t max_ts
+    int state               # 0: to look up; 1: hit.ts is its greatest ts <= T; 2: none <= T
+    EntryHit hit            # find_floor's answer (state 1)
+
+
+@cython.final
+cdef class ReadStats:
+    """What point reads add to the engine's metrics (API.md): the query
+    latency histogram and the count of records returned."""
+    cdef readonly LatencyHistogram query_hist
+    cdef readonly unsigned long long records_read
+
+    def __init__(self, LatencyHistogram query_hist not None):
+        self.query_hist = query_hist
+
+    cdef inline void done(self, int64_t started_ns, bint found) noexcept:
+        if found:
+            self.records_read += 1
+        self.query_hist.record((_mono_ns() - started_ns) // 1000)
+
+
+@cython.final
+cdef class PointReader:
+    """PointReader(sources, range_dels=None, live=None): get and get_latest
+    over a fixed list of sources (newest first), without iterator objects
+    (Source.find_version / find_floor).
+
+    range_dels: the range tombstones to honour: a RangeDelIndex, a list of
+    (start, end, seq) (indexed on first use), or None for the union of the
+    sources' range_dels.  live: a source whose range_dels list may still grow
+    (the engine's active memtable); it is read on every use, and is not part
+    of range_dels.  Immutable otherwise, so one reader serves every thread
+    (the engine keeps one per view)."""
+    cdef list _sources
+    cdef object _rds                # range_dels while not yet indexed
+    cdef RangeDelIndex _rdi         # their index once built (_fixed), else None
+    cdef Source _live               # or None
+
+    def __init__(self, list sources not None, range_dels=None, Source live=None):
+        for s in sources:
+            if not isinstance(s, Source):
+                raise TypeError(f"a source must be a Source, not {type(s).__name__}")
+        self._sources = list(sources)
+        self._live = live
+        if range_dels is None:
+            range_dels = _all_range_dels(self._sources)
+        if isinstance(range_dels, RangeDelIndex):
+            self._rdi = <RangeDelIndex>range_dels
+        elif range_dels:
+            self._rds = list(range_dels)
+
+    cdef uint64_t _covering(self, bytes key, uint64_t snapshot) except? 0:
+        cdef uint64_t best = 0, live_seq
+        cdef list live
+        best = self._fixed().covering_seq(key, len(key), snapshot)
+        if self._live is not None:
+            live = self._live.range_dels
+            if live:
+                live_seq = _list_covering(live, key, snapshot)
+                if live_seq > best:
+                    best = live_seq
+        return best
+
+    def range_del_index(self):
+        """A RangeDelIndex of the tombstones this reader honours now (the
+        live source's included), for a Cursor over the same sources."""
+        cdef list live = self._live.range_dels if self._live is not None else None
+        cdef RangeDelIndex fixed = self._fixed()
+        if live:
+            return RangeDelIndex(fixed.range_dels + live)
+        return fixed
+
+    cdef RangeDelIndex _fixed(self):
+        """The index of range_dels, built on first use."""
+        if self._rdi is None:
+            self._rdi = RangeDelIndex(self._rds) if self._rds else _NO_RANGE_DELS
+            self._rds = None
+        return self._rdi
+
+    cdef object _resolve(self, bytes key, EntryHit *hit, uint64_t snapshot, int64_t now):
+        return _live_record(key, hit, self._covering(key, snapshot)
+                            if hit.kind == FDB_KIND_PUT else 0, now)
+
+    cdef object _find_version(self, const uint8_t *t, size_t tn, int64_t ts, bint fill_cache,
+                              bint verify_checksums, EntryHit *hit):
+        """The newest visible version of (key, ts): the first source holding
+        one decides (older sources are not read).  Returns the pin of *hit."""
+        cdef Source src
+        cdef size_t kn = tn - FDB_TRAILER_SIZE
+        for s in self._sources:
+            src = <Source>s
+            if ts < src.min_ts or ts > src.max_ts or not src.may_contain(t, kn):
+                continue
+            pin = src.find_version(t, tn, fill_cache, verify_checksums, hit)
+            if hit.found:
+                return pin
+        hit.found = False
+        return None
+
+    cdef object _get(self, bytes key, int64_t ts, uint64_t snapshot, int64_t now,
+                     bint fill_cache, bint verify_checksums):
+        cdef EntryHit hit
+        cdef uint8_t small[_TARGET_STACK]
+        cdef size_t kn = len(key), tn = kn + FDB_TRAILER_SIZE
+        cdef uint8_t *t = <uint8_t *>small if tn <= _TARGET_STACK else <uint8_t *>malloc(tn)
+        if t == NULL:
+            raise MemoryError()
+        try:
+            fdb_ikey_write(t, key, kn, ts, snapshot, KIND_FIRST)
+            pin = self._find_version(t, tn, ts, fill_cache, verify_checksums, &hit)
+            if not hit.found:
+                return None
+            return self._resolve(key, &hit, snapshot, now)
+        finally:
+            if t != <uint8_t *>small:
+                free(t)
+
+    cdef object _get_latest(self, bytes key, uint64_t snapshot, int64_t now,
+                            bint fill_cache, bint verify_checksums):
+        """Finds, per source, the greatest ts <= T of the key (find_floor),
+        resolves the greatest over all sources as get() does, and only if
+        that version is not live lowers T below it and repeats.  A source's
+        answer is reused while it stays <= T."""
+        cdef EntryHit hit
+        cdef uint8_t small[_TARGET_STACK]
+        cdef _Candidate few[16]
+        cdef Py_ssize_t few_order[16]
+        cdef _Candidate *c = <_Candidate *>few
+        cdef Py_ssize_t *order = <Py_ssize_t *>few_order
+        cdef Source src
+        cdef size_t kn = len(key), tn = kn + FDB_TRAILER_SIZE
+        cdef const uint8_t *kp = key
+        cdef uint8_t *t = <uint8_t *>small if tn <= _TARGET_STACK else <uint8_t *>malloc(tn)
+        cdef Py_ssize_t i, j, o, n = 0, nsrc = len(self._sources)
+        cdef int64_t T = INT64_MAX, best = 0, bound
+        cdef bint has_best
+        cdef list pins
+        if nsrc > 16:
+            c = <_Candidate *>malloc(nsrc * sizeof(_Candidate))
+            order = <Py_ssize_t *>malloc(nsrc * sizeof(Py_ssize_t))
+        try:
+            if t == NULL or c == NULL or order == NULL:
+                raise MemoryError()
+            # The sources that may hold the key (c: in recency order), and
+            # `order`: by descending max_ts (ties in recency order).  Once the
+            # best candidate is above every remaining source's max_ts, none
+            # of them can beat it (time-series tables split by time, so this
+            # is usually one lookup).
+            for s in self._sources:
+                src = <Source>s
+                if src.min_ts <= src.max_ts and src.may_contain(kp, kn):
+                    c[n].src = <PyObject *>src
+                    c[n].min_ts = src.min_ts
+                    c[n].max_ts = src.max_ts
+                    c[n].state = 0
+                    j = n
+                    while j > 0 and c[order[j - 1]].max_ts < c[n].max_ts:
+                        order[j] = order[j - 1]
+                        j -= 1
+                    order[j] = n
+                    n += 1
+            pins = [None] * n               # what keeps each c[i].hit's value alive
+            while True:
+                has_best = False
+                for o in range(n):
+                    i = order[o]
+                    if has_best and c[i].max_ts < best:
+                        break
+                    if c[i].state == 1 and c[i].hit.ts > T:
+                        c[i].state = 0
+                    if c[i].state == 0:
+                        bound = T if T < c[i].max_ts else c[i].max_ts
+                        if bound < c[i].min_ts:
+                            c[i].state = 2
+                            continue
+                        # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
+                        fdb_ikey_write(t, kp, kn, bound, 0, 0)
+                        pins[i] = (<Source>c[i].src).find_floor(t, tn, snapshot, fill_cache,
+                                                                verify_checksums, &c[i].hit)
+                        if not c[i].hit.found:
+                            c[i].state = 2
+                        elif c[i].hit.ts > bound:     # T would not decrease: never loop
+                            raise CorruptionError("a source's keys are out of order")
+                        else:
+                            c[i].state = 1
+                    if c[i].state == 1 and (not has_best or c[i].hit.ts > best):
+                        has_best = True
+                        best = c[i].hit.ts
+                if not has_best:
+                    return None
+                # The newest source holding a visible version of (key, best)
+                # decides; only the candidates at best can hold one.
+                for i in range(n):
+                    if c[i].state != 1 or c[i].hit.ts != best or c[i].hit.version == VERSION_NONE:
+                        continue
+                    if c[i].hit.version == VERSION_FOUND:
+                        hit = c[i].hit
+                    else:
+                        fdb_ikey_write(t, kp, kn, best, snapshot, KIND_FIRST)
+                        pin = (<Source>c[i].src).find_version(t, tn, fill_cache,
+                                                              verify_checksums, &hit)
+                        if not hit.found:
+                            continue
+                    record = self._resolve(key, &hit, snapshot, now)
+                    if record is not None:
+                        return record
+                    break
+                if best == INT64_MIN:
+                    return None
+                T = best - 1
+        finally:
+            if t != <uint8_t *>small:
+                free(t)
+            if c != <_Candidate *>few:
+                free(c)
+                free(order)
+
+    def get(self, key, ts, unsigned long long snapshot, ReadStats stats=None):
+        """The live Record at exactly (key, ts) as of `snapshot`, or None.
+        key and ts are checked as Record() checks them; stats, if given,
+        counts the read (ReadStats)."""
+        cdef bytes k = check_key(key, "key")
+        cdef int64_t t = check_i64(ts, "ts")
+        cdef int64_t started = _mono_ns() if stats is not None else 0
+        record = self._get(k, t, _clamp_seq(snapshot), _NOW_UNREAD, True, True)
+        if stats is not None:
+            stats.done(started, record is not None)
+        return record
+
+    def get_latest(self, key, unsigned long long snapshot, ReadStats stats=None):
+        """The live Record of `key` with the greatest ts as of `snapshot`, or None."""
+        cdef bytes k = check_key(key, "key")
+        cdef int64_t started = _mono_ns() if stats is not None else 0
+        record = self._get_latest(k, _clamp_seq(snapshot), _NOW_UNREAD, True, True)
+        if stats is not None:
+            stats.done(started, record is not None)
+        return record
 
 
 def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,
@@ -287,115 +541,18 @@ def get(list sources not None, range_dels, unsigned long long snapshot, long lon
     sources' range_dels.  The first source holding a version of (key, ts)
     with seq <= snapshot decides; older sources are not read.
     """
-    cdef Source src
-    cdef Iterator itr
-    cdef uint64_t snap = _clamp_seq(snapshot)
-    cdef const uint8_t *kp = key
-    cdef size_t kn = len(key)
-    tbuf = bytearray(kn + FDB_TRAILER_SIZE)
-    for s in sources:
-        src = <Source?>s
-        if ts < src.min_ts or ts > src.max_ts or not src.may_contain(kp, kn):
-            continue
-        itr = src.new_iterator(fill_cache, verify_checksums, ts, ts)
-        if _seek_version(itr, key, ts, snap, tbuf):
-            return _resolve(itr, key, range_dels, sources, snap, now_us)
-    return None
+    return PointReader(sources, range_dels)._get(key, ts, _clamp_seq(snapshot), now_us,
+                                                 fill_cache, verify_checksums)
 
 
 def get_latest(list sources not None, range_dels, unsigned long long snapshot,
                long long now_us, bytes key not None, bint fill_cache=True,
                bint verify_checksums=True):
-    """The live Record of `key` with the greatest ts as of `snapshot`, or None.
-
-    Finds, per source, the greatest ts <= T of the key (seek_for_prev: one
-    seek per source), resolves the greatest over all sources as get() does,
-    and only if that version is not live lowers T below it and repeats.  A
-    source's answer is reused while it stays <= T.  (A stray RANGE_DEL entry
-    found this way resolves to "no version", so T just moves below it.)
-    """
-    cdef Source src
-    cdef Iterator itr
-    cdef fdb_iter *it
-    cdef uint64_t snap = _clamp_seq(snapshot)
-    cdef const uint8_t *kp = key
-    cdef size_t kn = len(key)
-    cdef uint8_t *t
-    cdef int64_t T = INT64_MAX, best = 0, bound, found_ts
-    cdef bint has_best, has_found
-    cdef int rc
-    cdef Py_ssize_t i, n
-    tbuf = bytearray(kn + FDB_TRAILER_SIZE)
-    t = tbuf
-    # Per source that may hold the key: its iterator (made on first use), and
-    # has[i]: 0 = to look up, 1 = cand[i] is its greatest ts <= T, 2 = it has
-    # no ts <= T (which stays true as T decreases).
-    srcs = []
-    for s in sources:
-        src = <Source?>s
-        if src.min_ts <= src.max_ts and src.may_contain(kp, kn):
-            srcs.append(src)
-    n = len(srcs)
-    its = [None] * n
-    cand = [0] * n
-    has = [0] * n
-    # Look sources up by descending max_ts: once the best candidate is above
-    # every remaining source's max_ts, none of them can beat it (time-series
-    # tables split by time, so this is usually one lookup).  Ties resolve in
-    # recency order below.
-    order = sorted(range(n), key=lambda j: -(<Source>srcs[j]).max_ts)
-    while True:
-        has_best = False
-        for i in order:
-            src = <Source>srcs[i]
-            if has_best and src.max_ts < best:
-                break
-            if has[i] == 1 and cand[i] > T:
-                has[i] = 0
-            if has[i] == 0:
-                bound = T if T < src.max_ts else src.max_ts
-                if bound < src.min_ts:
-                    has[i] = 2
-                    continue
-                if its[i] is None:
-                    its[i] = src.new_iterator(fill_cache, verify_checksums, INT64_MIN, INT64_MAX)
-                itr = <Iterator>its[i]
-                it = itr.it
-                if it.seek_for_prev == NULL:
-                    raise TypeError(f"{type(src).__name__}.new_iterator() has no seek_for_prev; "
-                                    "a Source's iterators must have one (include/flowdb.h)")
-                has_found = False
-                found_ts = 0
-                with nogil:
-                    # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
-                    fdb_ikey_write(t, kp, kn, bound, 0, 0)
-                    rc = it.seek_for_prev(it, t, kn + FDB_TRAILER_SIZE)
-                    if rc == FDB_OK and it.valid and _same_ukey(it.key, it.key_len, kp, kn):
-                        has_found = True
-                        found_ts = fdb_ikey_ts(it.key, it.key_len)
-                if rc != FDB_OK or it.status != FDB_OK:
-                    _raise_iter(itr, rc)
-                if has_found:
-                    has[i] = 1
-                    cand[i] = found_ts
-                else:
-                    has[i] = 2
-            if has[i] == 1 and (not has_best or cand[i] > best):
-                has_best = True
-                best = cand[i]
-        if not has_best:
-            return None
-        for i in range(n):
-            if has[i] == 1 and cand[i] == best:
-                itr = <Iterator>its[i]
-                if _seek_version(itr, key, best, snap, tbuf):
-                    record = _resolve(itr, key, range_dels, sources, snap, now_us)
-                    if record is not None:
-                        return record
-                    break
-        if best == INT64_MIN:
-            return None
-        T = best - 1
+    """The live Record of `key` with the greatest ts as of `snapshot`, or None
+    (PointReader._get_latest).  A stray RANGE_DEL entry found resolves to
+    "no version", so the search just moves below it."""
+    return PointReader(sources, range_dels)._get_latest(key, _clamp_seq(snapshot), now_us,
+                                                        fill_cache, verify_checksums)
 
 
 cdef object _prefix_successor(bytes p):

@@ -1,8 +1,8 @@
 # cython: language_level=3
 """SSTable builder and reader (docs/FORMAT.md, "SSTable")."""
 from libc.stdint cimport uint8_t, uint64_t, int64_t
-from flowdb._core.iterator cimport Source, Iterator
-from flowdb._core.block cimport CBlockBuilder
+from flowdb._core.iterator cimport Source, Iterator, EntryHit
+from flowdb._core.block cimport CBlockBuilder, CBlockIter
 from flowdb._core.bloom cimport CBloomBuilder
 from flowdb._core.block_cache cimport BlockCache
 
@@ -126,5 +126,18 @@ cdef class TableReader(Source):
     # Loads the index and bloom again after release_meta() (GIL held).
     cpdef ensure_meta(self)
     cdef _load_range_dels(self, bytes block, uint64_t offset)
+    # Data block `e` (an entry of an index the caller holds), from the cache
+    # or the file (then cached if fill_cache and verify), with blk pointed at
+    # it: checked, unless the cache vouches for the bytes.  Returns the bytes
+    # blk reads; raises CorruptionError, OSError or MemoryError.
+    cdef bytes _data_block(self, const IndexEntry *e, bint fill_cache, bint verify,
+                           CBlockIter *blk)
+    # The CorruptionError for what blk found wrong in the block at offset.
+    cdef object _block_error(self, const CBlockIter *blk, uint64_t offset)
+    # Source's point reads, without an iterator object (iterator.pxd).
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit)
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit)
     cpdef Iterator new_iterator(self, bint fill_cache=*, bint verify_checksums=*,
                                 long long ts_lo=*, long long ts_hi=*)

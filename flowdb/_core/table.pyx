@@ -43,11 +43,13 @@ from flowdb._core.cdefs cimport (
     FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_IO, FDB_ERR_NOMEM, FDB_ERR_PYTHON,
     FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
     FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
-from flowdb._core.iterator cimport Iterator, Source
+from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
+                                    VERSION_UNKNOWN, VERSION_FOUND, VERSION_NONE)
 from flowdb._core.block cimport (
     CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
     block_builder_init, block_builder_add, block_builder_estimate,
     block_builder_finish, block_builder_reset, block_builder_free,
+    BlockFloor, block_iter_floor,
     block_iter_init, block_iter_reset, block_iter_reset_trusted, block_iter_seek_to_last,
     block_iter_free)
 from flowdb._core.block_cache cimport BlockCache, BlockMeta
@@ -488,6 +490,19 @@ cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
     return v
 
 
+cdef Py_ssize_t _index_lower_bound(const IndexEntry *index, const uint8_t *keys,
+                                  Py_ssize_t n, const uint8_t *t, size_t tn) noexcept nogil:
+    """The first block whose last key is >= t (n if none)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if fdb_ikey_cmp(keys + index[mid].key_off, index[mid].key_len, t, tn) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef class _Index:
     """A table's decoded index block: owns the two C arrays.  A TableReader
     and each of its iterators hold a reference, so releasing the reader's
@@ -658,7 +673,7 @@ cdef class TableReader(Source):
         typ = raw[size]
         if verify:
             crc = int.from_bytes(raw[size + 1:], "little")
-            if _crc32c.crc32c(raw[size:size + 1], _crc32c.crc32c(memoryview(raw)[:size])) != crc:
+            if _crc32c.crc32c(memoryview(raw)[:size + 1]) != crc:      # stored | type
                 raise self._corrupt(f"{what} checksum mismatch", offset)
         if typ == COMPRESSION_NONE:
             return raw[:size]
@@ -695,6 +710,136 @@ cdef class TableReader(Source):
                 meta.num_restarts = 0
                 meta.trusted = False
                 cache.insert(self.cache_file, offset, data, &meta)
+        return data
+
+    cdef bytes _data_block(self, const IndexEntry *e, bint fill_cache, bint verify,
+                           CBlockIter *blk):
+        """Only blocks read with verify whose restart array passed
+        block_iter_reset are cached, together with what that check found, so
+        a cached block is trusted: block_iter_reset_trusted skips the check
+        (the entries are still bounds-checked as they are decoded).  A block
+        read without checksum verification is never cached and always fully
+        checked."""
+        cdef BlockCache cache = self.block_cache
+        cdef BlockMeta meta
+        cdef bytes data = None
+        if cache is not None:
+            data = cache.lookup(self.cache_file, e.offset, &meta)
+        if data is not None:
+            self.blocks_loaded += 1
+            if meta.trusted:
+                block_iter_reset_trusted(blk, <const uint8_t *><const char *>data, len(data),
+                                         meta.data_end, meta.num_restarts)
+                return data
+            if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
+                raise self._block_error(blk, e.offset)
+            return data
+        self.blocks_read += 1
+        data = self._read_block(e.offset, e.size, verify, "data block")
+        self.blocks_loaded += 1
+        if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
+            raise self._block_error(blk, e.offset)
+        cache = self.block_cache            # None once the table is retired (detach_cache)
+        if fill_cache and verify and cache is not None:
+            meta.data_end = blk.data_end
+            meta.num_restarts = blk.num_restarts
+            meta.trusted = True
+            cache.insert(self.cache_file, e.offset, data, &meta)
+        return data
+
+    cdef object _block_error(self, const CBlockIter *blk, uint64_t offset):
+        if blk.base.status == FDB_ERR_NOMEM:
+            return MemoryError()
+        cdef const char *msg = blk.err_msg
+        text = (<bytes>msg).decode() if msg != NULL else "unreadable"
+        return CorruptionError(f"corrupt data block: {text} (byte {blk.err_off} "
+                               f"of the decompressed block)", self.path, offset)
+
+    cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
+                             bint verify_checksums, EntryHit *hit):
+        # The entry is in the first block whose last key is >= target, if
+        # that block's ts bounds admit ts: no iterator, one block.
+        cdef CBlockIter blk
+        cdef int64_t ts = fdb_ikey_ts(target, tn)
+        cdef _Index h
+        cdef const IndexEntry *e
+        cdef Py_ssize_t i
+        hit.found = False
+        while self.index_holder is None:
+            self.ensure_meta()
+        h = <_Index>self.index_holder       # ours, whatever release_meta does meanwhile
+        i = _index_lower_bound(h.index, h.keys, h.n, target, tn)
+        if i >= <Py_ssize_t>h.n:
+            return None
+        e = &h.index[i]
+        if ts < e.min_ts or ts > e.max_ts:
+            return None
+        block_iter_init(&blk)
+        try:
+            data = self._data_block(e, fill_cache, verify_checksums, &blk)
+            blk.base.seek(&blk.base, target, tn)
+            if blk.base.status != FDB_OK:
+                raise self._block_error(&blk, e.offset)
+            if not blk.base.valid:
+                raise self._corrupt("data block ends before its index key", e.offset)
+            return data if entry_hit(blk.base.key, blk.base.key_len, blk.base.value,
+                                     blk.base.value_len, target, tn, HIT_SAME_TS, hit) else None
+        finally:
+            block_iter_free(&blk)
+
+    cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
+                           bint fill_cache, bint verify_checksums, EntryHit *hit):
+        # One pass over one block (block_iter_floor), which also finds the
+        # newest visible version of the floor's ts unless its versions may
+        # begin in the block before.
+        cdef CBlockIter blk
+        cdef BlockFloor f
+        cdef _Index h
+        cdef Py_ssize_t i
+        hit.found = False
+        f.found = False
+        while self.index_holder is None:
+            self.ensure_meta()
+        h = <_Index>self.index_holder
+        i = _index_lower_bound(h.index, h.keys, h.n, target, tn)
+        block_iter_init(&blk)
+        try:
+            if i < <Py_ssize_t>h.n:
+                data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
+                if block_iter_floor(&blk, target, tn, tn - FDB_TRAILER_SIZE, snapshot,
+                                    &f) != FDB_OK:
+                    raise self._block_error(&blk, h.index[i].offset)
+            if not f.found:
+                # Every key of the blocks before i is < target.
+                i -= 1
+                if i < 0:
+                    return None
+                data = self._data_block(&h.index[i], fill_cache, verify_checksums, &blk)
+                if block_iter_floor(&blk, target, tn, tn - FDB_TRAILER_SIZE, snapshot,
+                                    &f) != FDB_OK:
+                    raise self._block_error(&blk, h.index[i].offset)
+                if not f.found:
+                    raise self._corrupt("data block holds no entry", h.index[i].offset)
+        finally:
+            block_iter_free(&blk)
+        if not f.same_ukey:
+            return None
+        hit.found = True
+        hit.ts = f.ts
+        hit.seq = f.seq
+        hit.kind = f.kind
+        hit.value = f.value
+        hit.value_len = f.value_len
+        hit.version = VERSION_UNKNOWN
+        if f.group_whole and not (f.group_at_start and i > 0):
+            if f.version_found:
+                hit.seq = f.version_seq
+                hit.kind = f.version_kind
+                hit.value = f.version_value
+                hit.value_len = f.version_value_len
+                hit.version = VERSION_FOUND
+            else:
+                hit.version = VERSION_NONE
         return data
 
     def release_meta(self):
@@ -933,70 +1078,27 @@ cdef class TableIterator(Iterator):
         self.st.base.valid = 0
         return code
 
-    cdef object _block_error(self):
-        cdef const char *msg = self.st.blk.err_msg
-        cdef uint64_t off = self.st.index[self.st.cur].offset if self.st.cur >= 0 else 0
-        text = (<bytes>msg).decode() if msg != NULL else "unreadable"
-        return CorruptionError(f"corrupt data block: {text} (byte {self.st.blk.err_off} "
-                               f"of the decompressed block)", self.reader.path, off)
-
     cdef int _load(self, Py_ssize_t i) noexcept:
-        """Points st.blk at data block i: from the cache, else from the file.
-
-        Only blocks read with verify_checksums whose restart array passed
-        block_iter_reset are cached, together with what that check found, so
-        a cached block is trusted: block_iter_reset_trusted skips the check
-        (the entries are still bounds-checked as they are decoded).  A block
-        read without checksum verification is never cached and always fully
-        checked."""
-        cdef TableReader r = self.reader
-        cdef BlockCache cache = r.block_cache
-        cdef BlockMeta meta
-        cdef bytes data = None
-        cdef bint from_file = False
-        if cache is not None:
-            data = cache.lookup(r.cache_file, self.st.index[i].offset, &meta)
-        if data is not None:
-            r.blocks_loaded += 1
-            self.block = data
-            self.st.cur = i
-            if meta.trusted:
-                block_iter_reset_trusted(&self.st.blk, <const uint8_t *><const char *>data,
-                                         len(data), meta.data_end, meta.num_restarts)
-                return FDB_OK
-        else:
-            try:
-                # Through this iterator's own index: the reader's may be released.
-                r.blocks_read += 1
-                data = r._read_block(self.st.index[i].offset, self.st.index[i].size,
-                                     self.verify_checksums, "data block")
-            except CorruptionError as e:
-                return self._fail(FDB_ERR_CORRUPTION, e)
-            except OSError as e:
-                return self._fail(FDB_ERR_IO, e)
-            except MemoryError as e:
-                return self._fail(FDB_ERR_NOMEM, e)
-            except BaseException as e:
-                return self._fail(FDB_ERR_PYTHON, e)
-            r.blocks_loaded += 1
-            from_file = True
-            self.block = data
-            self.st.cur = i
-        if block_iter_reset(&self.st.blk, <const uint8_t *><const char *>data,
-                            len(data)) != FDB_OK:
-            return self._fail(FDB_ERR_CORRUPTION, self._block_error())
-        cache = r.block_cache               # None once the table is retired (detach_cache)
-        if from_file and self.fill_cache and self.verify_checksums and cache is not None:
-            meta.data_end = self.st.blk.data_end
-            meta.num_restarts = self.st.blk.num_restarts
-            meta.trusted = True
-            cache.insert(r.cache_file, self.st.index[i].offset, data, &meta)
+        """Points st.blk at data block i (TableReader._data_block)."""
+        try:
+            # Through this iterator's own index: the reader's may be released.
+            self.block = self.reader._data_block(&self.st.index[i], self.fill_cache,
+                                                 self.verify_checksums, &self.st.blk)
+        except CorruptionError as e:
+            return self._fail(FDB_ERR_CORRUPTION, e)
+        except OSError as e:
+            return self._fail(FDB_ERR_IO, e)
+        except MemoryError as e:
+            return self._fail(FDB_ERR_NOMEM, e)
+        except BaseException as e:
+            return self._fail(FDB_ERR_PYTHON, e)
+        self.st.cur = i
         return FDB_OK
 
     cdef int _blk_failed(self) noexcept:
-        if self.st.blk.base.status == FDB_ERR_NOMEM:
-            return self._fail(FDB_ERR_NOMEM, MemoryError())
-        return self._fail(self.st.blk.base.status, self._block_error())
+        cdef int code = self.st.blk.base.status
+        return self._fail(code, self.reader._block_error(
+            &self.st.blk, self.st.index[self.st.cur].offset if self.st.cur >= 0 else 0))
 
     @property
     def blocks_held(self):
@@ -1073,16 +1175,9 @@ cdef int _ti_backward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
     return _ti_sync(st)
 
 
-cdef Py_ssize_t _ti_lower_bound(const TIterState *st, const uint8_t *t, size_t tn) noexcept nogil:
-    """The first block whose last key is >= t (n if none)."""
-    cdef Py_ssize_t lo = 0, hi = st.n, mid
-    while lo < hi:
-        mid = lo + (hi - lo) // 2
-        if fdb_ikey_cmp(st.keys + st.index[mid].key_off, st.index[mid].key_len, t, tn) < 0:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+cdef inline Py_ssize_t _ti_lower_bound(const TIterState *st, const uint8_t *t,
+                                       size_t tn) noexcept nogil:
+    return _index_lower_bound(st.index, st.keys, st.n, t, tn)
 
 
 cdef int _ti_seek_to_first(fdb_iter *base) noexcept nogil:

@@ -91,7 +91,8 @@ def model_latest(live, key):
     return live[(key, max(tss))] if tss else None
 
 
-def source_of(ops, **kw):
+def entries_of(ops):
+    """(point entries, range deletes) of the ops."""
     entries = []
     rds = []
     for op in ops:
@@ -101,7 +102,11 @@ def source_of(ops, **kw):
             entries.append((ik(op.key, op.ts, op.seq, DELETE), b""))
         else:
             rds.append((op.key, op.end, op.seq))
-    return VectorSource(entries, rds, **kw)
+    return entries, rds
+
+
+def source_of(ops, **kw):
+    return VectorSource(*entries_of(ops), **kw)
 
 
 class History:
@@ -908,6 +913,151 @@ def test_model_get_latest(history, snapshot, bloom):
     idx = RangeDelIndex([rd for s in srcs for rd in s.range_dels])
     for key in KEYS:
         assert get_latest(srcs, idx, snapshot, NOW, key) == model_latest(live, key), key
+
+
+# -- point reads over real sources (Source.find_version / find_floor) ---------------------
+
+def real_source_of(ops, kind, directory, name, block_size=64, bloom=10):
+    """The ops as a MemTable ("mem") or an SSTable ("table"), seqs kept."""
+    from flowdb._core.batch import encode_deletes, encode_puts, encode_range_delete
+    from flowdb._core.block_cache import BlockCache
+    from flowdb._core.memtable import MemTable
+    from flowdb._core.table import TableBuilder, TableReader
+
+    if kind == "mem":
+        mem = MemTable()
+        for op in ops:
+            if op.kind == "put":
+                payload = encode_puts([Record(op.key, op.ts, op.value, op.expire_at)])[0]
+            elif op.kind == "del":
+                payload = encode_deletes([(op.key, op.ts)])[0]
+            else:
+                payload = encode_range_delete(op.key, op.end)[0]
+            mem.apply(payload, op.seq)
+        return mem
+    path = os.path.join(directory, name)
+    b = TableBuilder(path, block_size, bloom)
+    points, rds = entries_of(ops)
+    for k, v in sorted(points, key=lambda kv: (kv[0][:-16], kv[0][-16:-8], -fdb_seq(kv[0]))):
+        b.add(k, v)
+    for start, end, seq in rds:
+        b.add_range_del(start, end, seq)
+    b.finish()
+    return TableReader(path, int(name.split(".")[0]), BlockCache(1 << 20))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(histories(), snapshots,
+       st.lists(st.sampled_from(["mem", "table"]), min_size=4, max_size=4),
+       st.sampled_from([64, 200, 4096]))
+def test_model_point_reads_over_memtables_and_tables(tmp_path_factory, history, snapshot, kinds,
+                                                     block_size):
+    ops, segments = history
+    live = model_live(ops, snapshot)
+    directory = str(tmp_path_factory.mktemp("point"))
+    srcs = [real_source_of(seg, kinds[i], directory, "%06d.sst" % (i + 1), block_size)
+            for i, seg in reversed(list(enumerate(segments)))]
+    reader = read.PointReader(srcs)
+    for key in KEYS:
+        for ts in TSS:
+            assert get(srcs, None, snapshot, NOW, key, ts) == live.get((key, ts)), (key, ts)
+        assert get_latest(srcs, None, snapshot, NOW, key) == model_latest(live, key), key
+    # PointReader reads the clock itself: at any real "now", NOW +- 1 has expired.
+    live = model_live(ops, snapshot, now=2**62)
+    for key in KEYS:
+        for ts in TSS:
+            assert reader.get(key, ts, snapshot) == live.get((key, ts)), (key, ts)
+        assert reader.get_latest(key, snapshot) == model_latest(live, key), key
+
+
+def test_point_reader_sees_range_deletes_added_to_the_live_source_later():
+    from flowdb._core.batch import encode_puts, encode_range_delete
+    from flowdb._core.memtable import MemTable
+
+    mem = MemTable()
+    mem.apply(encode_puts([Record(b"b", 1, b"new")])[0], 3)
+    older = source_of([Op("put", b"a", 1, 1, b"a1"), Op("put", b"b", 2, 2, b"b2")])
+    reader = read.PointReader([mem, older], older.range_dels, mem)
+    assert reader.get(b"a", 1, 10).value == b"a1"
+    mem.apply(encode_range_delete(b"a", b"c")[0], 4)
+    assert reader.get(b"a", 1, 10) is None
+    assert reader.get(b"a", 1, 3).value == b"a1"          # an older snapshot does not see it
+    assert reader.get_latest(b"b", 10) is None
+    mem.apply(encode_puts([Record(b"b", 0, b"after")])[0], 5)
+    assert reader.get_latest(b"b", 10).value == b"after"
+
+
+def test_point_reader_checks_its_arguments():
+    reader = read.PointReader([source_of([Op("put", b"k", 1, 1, b"v")])])
+    assert reader.get("k", 1, MAX_SEQ).value == b"v"       # str keys are UTF-8, as in Record
+    with pytest.raises(ValueError):
+        reader.get(b"", 1, MAX_SEQ)
+    with pytest.raises(TypeError):
+        reader.get(b"k", True, MAX_SEQ)
+    with pytest.raises(TypeError):
+        reader.get_latest(1, MAX_SEQ)
+    with pytest.raises(TypeError):
+        read.PointReader([object()])
+
+
+def test_point_reader_counts_reads_and_latency():
+    from flowdb._core.histogram import LatencyHistogram
+
+    hist = LatencyHistogram()
+    stats = read.ReadStats(hist)
+    reader = read.PointReader([source_of([Op("put", b"k", 1, 1, b"v")])])
+    assert reader.get(b"k", 1, MAX_SEQ, stats).value == b"v"
+    assert reader.get(b"k", 2, MAX_SEQ, stats) is None
+    assert reader.get_latest(b"k", MAX_SEQ, stats).value == b"v"
+    assert reader.get(b"k", 1, MAX_SEQ) is not None        # no stats: not counted
+    assert stats.records_read == 2 and hist.count == 3
+
+
+def test_table_point_read_skips_a_block_outside_its_ts_bounds(tmp_path):
+    ops = [Op("put", b"k", ts, ts + 1, b"v%d" % ts) for ts in range(0, 400, 10)]
+    table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=1)
+    assert table.num_data_blocks == len(ops)                    # one entry per block
+    assert get([table], None, MAX_SEQ, NOW, b"k", 15) is None   # between two blocks' bounds
+    assert get([table], None, MAX_SEQ, NOW, b"k", 5) is None
+    assert get([table], None, MAX_SEQ, NOW, b"k", 395) is None
+    assert table.blocks_loaded == 0
+    assert get([table], None, MAX_SEQ, NOW, b"k", 390).value == b"v390"
+    assert get_latest([table], None, MAX_SEQ, NOW, b"k").value == b"v390"
+    assert get_latest([table], None, 41, NOW, b"k").value == b"v40"     # seq = ts + 1
+
+
+@pytest.mark.parametrize("block_size", [1, 64, 4096])
+def test_table_get_latest_versions_spanning_blocks_and_restarts(tmp_path, block_size):
+    # 40 versions of (k, 5) (seqs 11..50) after k at ts 1..4 (seqs 1..4): the
+    # versions cross restart points and, with small blocks, blocks; every
+    # snapshot picks its own newest version, or an older ts when it sees none.
+    ops = [Op("put", b"k", ts, ts, b"old%d" % ts) for ts in range(1, 5)]
+    ops += [Op("put", b"k", 5, seq, b"v%d" % seq) for seq in range(11, 51)]
+    ops += [Op("put", b"l", 0, 60, b"next key")]
+    table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=block_size)
+    for snapshot in [2, 4, 10, 11, 12, 27, 49, 50, MAX_SEQ]:
+        want = model_latest(model_live(ops, snapshot), b"k")
+        assert get_latest([table], None, snapshot, NOW, b"k") == want, snapshot
+        assert read.PointReader([table]).get_latest(b"k", snapshot) == want, snapshot
+
+
+def test_table_point_read_fill_cache_false_leaves_the_cache_alone(tmp_path):
+    ops = [Op("put", b"k%02d" % i, 1, i + 1, b"v") for i in range(40)]
+    table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=64)
+    assert get([table], None, MAX_SEQ, NOW, b"k07", 1, fill_cache=False).value == b"v"
+    assert get_latest([table], None, MAX_SEQ, NOW, b"k08", fill_cache=False).value == b"v"
+    assert table.block_cache.usage == 0
+    assert get([table], None, MAX_SEQ, NOW, b"k07", 1).value == b"v"
+    assert table.block_cache.usage > 0
+
+
+def test_table_point_read_after_release_meta(tmp_path):
+    ops = [Op("put", b"k%02d" % i, 1, i + 1, b"v%d" % i) for i in range(40)]
+    table = real_source_of(ops, "table", str(tmp_path), "000001.sst", block_size=64)
+    table.release_meta()
+    assert get([table], None, MAX_SEQ, NOW, b"k07", 1).value == b"v7"
+    table.release_meta()
+    assert get_latest([table], None, MAX_SEQ, NOW, b"k39").value == b"v39"
 
 
 # -- compaction -----------------------------------------------------------------------------------

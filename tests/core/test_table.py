@@ -13,7 +13,9 @@ import pytest
 import snappy
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from flowdb._core import read
 from flowdb._core.block_cache import BlockCache
+from flowdb._core.record import Record
 from flowdb._core.iterator import VectorIterator
 from flowdb._core.table import (BLOCK_TRAILER_SIZE, FOOTER_SIZE, FORMAT_VERSION,
                                 TABLE_MAGIC, TableBuilder, TableReader, build_table)
@@ -745,6 +747,17 @@ def check_never_wrong(path, model, rdels_sorted, props, verify=True):
                 assert current(it) == want
             except CorruptionError:
                 outcome = "read"
+        # The point reads' own path (TableReader.find_version / find_floor).
+        ukey, ts, seq, kind = parse(k)
+        want = Record(ukey, ts, v[8:], struct.unpack_from("<q", v)[0]) if kind == PUT else None
+        latest = max((kv for kv in model if parse(kv[0])[0] == ukey), key=lambda kv: parse(kv[0])[1])
+        try:
+            assert read.get([r], [], 2**56 - 1, 0, ukey, ts, verify_checksums=verify) == want
+            if latest[0] == k:
+                assert read.get_latest([r], [], 2**56 - 1, 0, ukey,
+                                       verify_checksums=verify) == want
+        except CorruptionError:
+            outcome = "read"
     return outcome
 
 
@@ -779,6 +792,14 @@ def test_flip_without_checksums_never_crashes(tmp_path):
             scan(r.new_iterator(verify_checksums=False))
         except CorruptionError:
             pass
+        for k, _ in model[::7]:
+            ukey, ts, _, _ = parse(k)
+            for call in (lambda: read.get([r], [], 2**56 - 1, 0, ukey, ts, verify_checksums=False),
+                         lambda: read.get_latest([r], [], 2**56 - 1, 0, ukey, verify_checksums=False)):
+                try:
+                    call()
+                except CorruptionError:
+                    pass
         assert r.block_cache.usage == 0               # unverified blocks are never cached
 
 
