@@ -41,6 +41,7 @@ from flowdb._core.cdefs cimport (
     FDB_ERR_NOMEM,
     FDB_ERR_PYTHON)
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_XINCREF, Py_XDECREF
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from flowdb._core.iterator cimport Iterator, Source, EntryHit, VERSION_FOUND, VERSION_NONE
 from flowdb._core.merge cimport MergingIterator
@@ -292,6 +293,7 @@ cdef object _live_record(bytes key, EntryHit *hit, uint64_t rd_seq, int64_t now)
 # One source as get_latest sees it.
 cdef struct _Candidate:
     PyObject *src           # borrowed: the PointReader's list holds it
+    PyObject *pin           # owned: what keeps hit.value alive (or NULL)
     int64_t min_ts
     int64_t max_ts
     int state               # 0: to look up; 1: hit.ts is its greatest ts <= T; 2: none <= T
@@ -429,22 +431,24 @@ cdef class PointReader:
         cdef Py_ssize_t i, j, o, n = 0, nsrc = len(self._sources)
         cdef int64_t T = INT64_MAX, best = 0, bound
         cdef bint has_best
-        cdef list pins
+        cdef object pin
         if nsrc > 16:
             c = <_Candidate *>malloc(nsrc * sizeof(_Candidate))
             order = <Py_ssize_t *>malloc(nsrc * sizeof(Py_ssize_t))
         try:
             if t == NULL or c == NULL or order == NULL:
                 raise MemoryError()
-            # The sources that may hold the key (c: in recency order), and
+            # The sources that are not empty (c: in recency order), and
             # `order`: by descending max_ts (ties in recency order).  Once the
             # best candidate is above every remaining source's max_ts, none
             # of them can beat it (time-series tables split by time, so this
-            # is usually one lookup).
+            # is usually one lookup; the bloom filters of the others are not
+            # even asked).
             for s in self._sources:
                 src = <Source>s
-                if src.min_ts <= src.max_ts and src.may_contain(kp, kn):
+                if src.min_ts <= src.max_ts:
                     c[n].src = <PyObject *>src
+                    c[n].pin = NULL
                     c[n].min_ts = src.min_ts
                     c[n].max_ts = src.max_ts
                     c[n].state = 0
@@ -454,7 +458,6 @@ cdef class PointReader:
                         j -= 1
                     order[j] = n
                     n += 1
-            pins = [None] * n               # what keeps each c[i].hit's value alive
             while True:
                 has_best = False
                 for o in range(n):
@@ -465,13 +468,16 @@ cdef class PointReader:
                         c[i].state = 0
                     if c[i].state == 0:
                         bound = T if T < c[i].max_ts else c[i].max_ts
-                        if bound < c[i].min_ts:
+                        if bound < c[i].min_ts or not (<Source>c[i].src).may_contain(kp, kn):
                             c[i].state = 2
                             continue
                         # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
                         fdb_ikey_write(t, kp, kn, bound, 0, 0)
-                        pins[i] = (<Source>c[i].src).find_floor(t, tn, snapshot, fill_cache,
-                                                                verify_checksums, &c[i].hit)
+                        pin = (<Source>c[i].src).find_floor(t, tn, snapshot, fill_cache,
+                                                            verify_checksums, &c[i].hit)
+                        Py_XDECREF(c[i].pin)
+                        Py_XINCREF(<PyObject *>pin)
+                        c[i].pin = <PyObject *>pin
                         if not c[i].hit.found:
                             c[i].state = 2
                         elif c[i].hit.ts > bound:     # T would not decrease: never loop
@@ -504,6 +510,8 @@ cdef class PointReader:
                     return None
                 T = best - 1
         finally:
+            for i in range(n):
+                Py_XDECREF(c[i].pin)
             if t != <uint8_t *>small:
                 free(t)
             if c != <_Candidate *>few:

@@ -987,6 +987,22 @@ def test_point_reader_sees_range_deletes_added_to_the_live_source_later():
     assert reader.get_latest(b"b", 10).value == b"after"
 
 
+def test_point_reads_release_what_they_pin():
+    import sys
+
+    from flowdb._core.batch import encode_puts
+    from flowdb._core.memtable import MemTable
+
+    mem = MemTable()                    # a memtable's find_* pin the memtable itself
+    mem.apply(encode_puts([Record(b"k", ts, b"v") for ts in range(5)])[0], 1)
+    reader = read.PointReader([mem, source_of([Op("put", b"k", 9, 1, b"old")])])
+    before = sys.getrefcount(mem)
+    for _ in range(100):
+        assert reader.get_latest(b"k", 3).ts == 9 and reader.get(b"k", 2, 9).value == b"v"
+        assert reader.get_latest(b"absent", MAX_SEQ) is None
+    assert sys.getrefcount(mem) == before
+
+
 def test_point_reader_checks_its_arguments():
     reader = read.PointReader([source_of([Op("put", b"k", 1, 1, b"v")])])
     assert reader.get("k", 1, MAX_SEQ).value == b"v"       # str keys are UTF-8, as in Record
