@@ -299,7 +299,16 @@ class Snapshot:
     def scan(self, range: ScanRange, opts: ReadOptions = ReadOptions()) -> ScanIterator:
         return self._engine._scan_at(self._live_view(), self._seq, range, opts)
 
-    scan_opt = scan                        # the Engine's spelling
+    def _get_values(self, keys, ts):
+        """[value or None] of the live record at (key, ts) for each key
+        (bytes): many gets in one call, for JsonDB's queries."""
+        return self._live_view().reader.get_values(keys, ts, self._seq)
+
+    def _scan_keys(self, lo, hi, reverse=False):
+        """Engine._scan_keys at this snapshot."""
+        view = self._live_view()
+        return self._engine._records(view, self._engine._cursor_over(
+            view, self._seq, None, lo, hi, INT64_MIN, INT64_MAX, True, True, reverse))
 
     def close(self):
         self._view = None
@@ -1105,6 +1114,31 @@ class Engine:
             self._check_open()
         view, seq = self._snapshot()
         return self._scan_at(view, seq, range, opts)
+
+    def _scan_keys(self, lo, hi, reverse=False):
+        """Every record with lo <= key <= hi (bytes, unchecked), ascending or
+        descending: the scan of layers built on the engine (JsonDB), without
+        a ScanRange's checks on every call."""
+        if self._closed:
+            self._check_open()
+        view, seq = self._snapshot()
+        return self._records(view, self._cursor_over(
+            view, seq, None, lo, hi, INT64_MIN, INT64_MAX, True, True, reverse))
+
+    def _records(self, view, cursor):
+        """A generator over the cursor's records: what a ScanIterator
+        yields, minus a Python method call per record (the frame keeps
+        `view`, and so the cursor's sources, alive)."""
+        n = _SCAN_BATCH_MIN
+        while True:
+            if self._closed:
+                raise InvalidStateError("the engine was shut down during this scan")
+            batch = cursor.next_batch(n)
+            if not batch:
+                self._records_read += cursor.records_returned
+                return
+            yield from batch
+            n = min(n * 2, _SCAN_BATCH_MAX)
 
     def _scan_at(self, view, seq, range, opts):
         return ScanIterator(self, view, self._cursor(view, seq, range, opts))

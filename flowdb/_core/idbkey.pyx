@@ -247,13 +247,10 @@ cdef object decode_at(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos, int depth
     cdef uint32_t *units
     cdef Py_ssize_t m, j, k
     cdef uint32_t u, lo
-    if i >= n:
-        raise CorruptionError(f"key ends at byte {i} where a value should start")
+    cdef Py_ssize_t end = skip_at(p, n, i, depth)     # the framing, checked
     c = p[i]
     if c == T_NUMBER:
-        if i + 9 > n:
-            raise CorruptionError(f"number key truncated at byte {i}")
-        pos[0] = i + 9
+        pos[0] = end
         return number_at(p + i + 1)
     if c == T_STRING:
         i += 1
@@ -321,6 +318,46 @@ cdef object decode_at(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos, int depth
             out.append(decode_at(p, n, pos, depth + 1))
             i = pos[0]
     raise CorruptionError(f"unknown key type code 0x{c:02x} at byte {i}")
+
+
+cdef Py_ssize_t skip_at(const uint8_t *p, Py_ssize_t n, Py_ssize_t i, int depth) except -1:
+    """Where the key encoded at p[i:] ends, without building it."""
+    cdef uint8_t c
+    if i >= n:
+        raise CorruptionError(f"key ends at byte {i} where a value should start")
+    c = p[i]
+    if c == T_NUMBER:
+        if i + 9 > n:
+            raise CorruptionError(f"number key truncated at byte {i}")
+        return i + 9
+    if c == T_STRING:
+        i += 1
+        while i < n:
+            if p[i] == 0:
+                if i + 1 < n and p[i + 1] == 0xFF:      # an escaped code unit 0
+                    i += 2
+                    continue
+                return i + 1
+            i += 1
+        raise CorruptionError("string key without its terminator")
+    if c == T_ARRAY:
+        if depth >= C_MAX_DEPTH:
+            raise CorruptionError("array key nested too deep")
+        i += 1
+        while i < n:
+            if p[i] == 0:
+                return i + 1
+            i = skip_at(p, n, i, depth + 1)
+        raise CorruptionError("array key without its terminator")
+    raise CorruptionError(f"unknown key type code 0x{c:02x} at byte {i}")
+
+
+def key_end(bytes data, Py_ssize_t offset=0):
+    """decode_from(data, offset)[1] without decoding: where the key that
+    starts at offset ends (an index entry's primary key starts there)."""
+    if offset < 0 or offset > PyBytes_GET_SIZE(data):
+        raise ValueError("offset out of range")
+    return skip_at(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), offset, 0)
 
 
 def decode_from(bytes data, Py_ssize_t offset=0):

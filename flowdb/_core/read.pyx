@@ -530,6 +530,19 @@ cdef class PointReader:
             stats.done(started, record is not None)
         return record
 
+    def get_values(self, list keys not None, long long ts, unsigned long long snapshot):
+        """[the value of the live record at (key, ts), or None] for each key
+        (bytes): get() for many keys in one call, for layers on the engine
+        (a JsonDB query fetches its documents with it)."""
+        cdef uint64_t snap = _clamp_seq(snapshot)
+        cdef list out = []
+        for key in keys:
+            if not isinstance(key, bytes) or not 0 < len(<bytes>key) <= FDB_MAX_KEY:
+                raise TypeError("get_values takes a list of keys as bytes of 1..65535 bytes")
+            record = self._get(<bytes>key, ts, snap, _NOW_UNREAD, True, True)
+            out.append(None if record is None else (<Record>record).value)
+        return out
+
     def get_latest(self, key, unsigned long long snapshot, ReadStats stats=None):
         """The live Record of `key` with the greatest ts as of `snapshot`, or None."""
         cdef bytes k = check_key(key, "key")

@@ -36,6 +36,7 @@ encode = idbkey.encode
 encode_prefix = idbkey.encode_prefix
 decode = idbkey.decode
 decode_from = idbkey.decode_from
+key_end = idbkey.key_end
 successor = idbkey.successor
 
 
@@ -61,13 +62,21 @@ def keygen_key(sid):
 
 # ---- key paths -------------------------------------------------------------
 
+_PATHS = {}             # valid key path -> its parts (queries parse the same few)
+
+
 def parse_key_path(path):
     """'a.b.c' -> ('a', 'b', 'c'); DataError if it is not a valid key path."""
     if not isinstance(path, str):
         raise DataError(f"a key path must be a str, not {type(path).__name__}")
+    parts = _PATHS.get(path)
+    if parts is not None:
+        return parts
     parts = tuple(path.split("."))
     if not path or any(not p or p != p.strip() for p in parts):
         raise DataError(f"{path!r} is not a valid key path")
+    if len(_PATHS) < 4096:
+        _PATHS[path] = parts
     return parts
 
 

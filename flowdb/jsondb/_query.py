@@ -29,12 +29,15 @@ index is used, else primary-key order.
 """
 import enum
 import heapq
+import itertools
 import math
 
 from flowdb.jsondb import _keys, _typed
 from flowdb.jsondb._transaction import TransactionMode, load_doc
 
 ESTIMATE_CAP = 1000
+# Index entries whose documents one engine call fetches (QueryBuilder._source).
+CHUNK = 64
 
 
 class SortDir(enum.Enum):
@@ -248,19 +251,34 @@ class QueryBuilder:
         ranges = plan["ranges"]
         if desc:
             ranges = ranges[::-1]
-        entries = (kv for lo, hi in ranges for kv in tx._iter_range(lo, hi, desc))
         pk_of = idx.pk_of
-        get_raw = tx._get_raw
         docs = meta.docs_prefix
-        for k, v in entries:
-            pk = pk_of(k, v)
-            if seen is not None:
-                if pk in seen:
-                    continue
-                seen.add(pk)
-            raw = get_raw(docs + pk)
-            if raw is not None:
-                yield pk, load(raw)
+        # Documents are fetched a chunk of index entries at a time (one engine
+        # call per chunk): as many as the query still needs when nothing
+        # filters them, else CHUNK.
+        chunk = CHUNK
+        if not self._clauses or self._clauses == [plan["clause"]]:
+            if self._limit is not None and plan["ordered"]:
+                chunk = max(1, min(CHUNK, self._offset + self._limit))
+        for lo, hi in ranges:
+            entries = tx._iter_range(lo, hi, desc)
+            while True:
+                pks = []
+                n = 0
+                for k, v in itertools.islice(entries, chunk):
+                    n += 1
+                    pk = pk_of(k, v)
+                    if seen is not None:
+                        if pk in seen:
+                            continue
+                        seen.add(pk)
+                    pks.append(pk)
+                if not n:
+                    break
+                for pk, raw in zip(pks, tx._get_raws([docs + pk for pk in pks])):
+                    if raw is not None:
+                        yield pk, load(raw)
+                chunk = CHUNK
 
     def _run(self, tx):
         plan = self._plan(tx)

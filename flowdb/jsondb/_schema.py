@@ -171,7 +171,7 @@ class IndexMeta:
         """The encoded primary key of an entry."""
         if self.unique:
             return value
-        return key[_keys.decode_from(key, len(self.prefix))[1]:]
+        return key[_keys.key_end(key, len(self.prefix)):]
 
     def to_def(self):
         return IndexDef(self.name, list(self.key_paths), self.unique, self.multi_entry)

@@ -23,7 +23,6 @@ from flowdb._core import idbkey
 from flowdb._core.record import NEVER, Record
 from flowdb._errors import (ConstraintError, DataError, NotFoundError, ReadOnlyError,
                             TransactionInactiveError)
-from flowdb._config import ReadOptions
 from flowdb._query import ScanRange
 from flowdb.jsondb import _keys
 from flowdb.jsondb._keyrange import KeyRange, as_range
@@ -32,8 +31,6 @@ index_keys = _keys.index_keys
 _split_writes = idbkey.split_writes
 
 _ABSENT = object()
-_FORWARD = ReadOptions()
-_BACKWARD = ReadOptions(reverse=True)
 _MAX_KEY = 65535
 
 
@@ -79,7 +76,6 @@ class Transaction:
         self._metas = metas              # store name -> StoreMeta, fixed at start
         self.mode = mode
         self._reader = reader            # the Engine (read-write) or a Snapshot
-        self._scan = reader.scan_opt
         self._snapshot = snapshot
         self._locked = locked            # store names whose locks we hold
         self._active = True
@@ -204,6 +200,13 @@ class Transaction:
             return None
         return rec.value
 
+    def _get_raws(self, keys):
+        """[_get_raw(k) for k in keys]; a read-only transaction has no
+        overlay and reads them from its snapshot in one call."""
+        if self._rw:
+            return [self._get_raw(k) for k in keys]
+        return self._reader._get_values(keys, 0)
+
     def _set(self, key, value):
         writes = self._writes
         if key not in writes:
@@ -220,16 +223,20 @@ class Transaction:
     def _iter_range(self, lo, hi, reverse=False):
         """(key, value) for engine keys in [lo, hi), ascending (descending if
         reverse), overlay applied.  Lazy both ways: the engine scans
-        backwards itself (ReadOptions.reverse)."""
+        backwards itself."""
         if lo >= hi:
             return
         # The engine's key range is inclusive: hi itself may come (first, if reverse).
-        opts = _BACKWARD if reverse else _FORWARD
-        scan = (rec for rec in self._scan(ScanRange.key_range(lo, hi), opts) if rec.key < hi)
+        scan = self._reader._scan_keys(lo, hi, reverse)
         if not self._rw or (not self._sorted and not self._cleared):
             for rec in scan:
-                yield rec.key, rec.value
+                key = rec.key
+                if key < hi:
+                    yield key, rec.value
+                elif not reverse:
+                    return
             return
+        scan = (rec for rec in scan if rec.key < hi)
         srt = self._sorted_keys()
         over = srt[bisect.bisect_left(srt, lo):bisect.bisect_left(srt, hi)]
         if reverse:

@@ -5,7 +5,17 @@ one on email, one on age, one on city (SQLite: expression indexes on
 json_extract).  Both commit one transaction per batch and fsync every
 commit (flowdb SyncMode.ALWAYS; SQLite WAL with synchronous=FULL).  Each
 row prints operations per second for both and the ratio flowdb / sqlite
-(above 1: flowdb is faster).
+(above 1: flowdb is faster).  Between the insert and the read rows each
+side settles: flowdb flushes and compacts until nothing is left to do,
+SQLite checkpoints its WAL.
+
+Both sides run the same loop: each answer is decoded into documents, and
+only their ids are kept (retaining the documents themselves would make
+Python's cyclic GC scan them again and again, a cost of the harness, not
+of either database).  After timing, the ids each side returned are
+compared row by row: a side that answers wrongly, or not at all, fails
+the run instead of looking fast.  Ties in order_by break by primary key
+on both sides.
 """
 import argparse
 import json
@@ -48,17 +58,42 @@ def run_flowdb(path, docs, probes, batch):
                 for d in docs[i:i + batch]:
                     tx.put("users", d)
     res["insert"] = timed(insert, len(docs))
+    # Settle before the read rows (SQLite: a checkpoint): a compaction still
+    # running would take the reads' CPU on 2 cores at a random moment.
+    db.engine.flush()
+    while db.engine.trigger_compaction():
+        pass
     keys, emails, cities, ages = probes
-    res["get"] = timed(lambda: [db.get("users", k) for k in keys], len(keys))
-    res["unique"] = timed(lambda: [db.get_by_index("users", "by_email", e) for e in emails],
-                          len(emails))
-    res["eq"] = timed(lambda: [db.query("users").where_eq("city", c).order_by("age", SortDir.ASC)
-                               .limit(10).collect() for c in cities], len(cities))
-    res["range"] = timed(lambda: [db.query("users").where_range("age", a, a + 5)
-                                  .order_by("age").limit(10).collect() for a in ages], len(ages))
-    check = (db.get("users", keys[0]), db.count("users"))
+    ids = {row: [] for row in ("get", "unique", "eq", "range")}
+
+    def get():
+        out = ids["get"]
+        for k in keys:
+            out.append(db.get("users", k)["id"])
+    res["get"] = timed(get, len(keys))
+
+    def unique():
+        out = ids["unique"]
+        for e in emails:
+            out += [d["id"] for d in db.get_by_index("users", "by_email", e)]
+    res["unique"] = timed(unique, len(emails))
+
+    def eq():
+        out = ids["eq"]
+        for c in cities:
+            out += [d["id"] for d in db.query("users").where_eq("city", c)
+                    .order_by("age", SortDir.ASC).limit(10).collect()]
+    res["eq"] = timed(eq, len(cities))
+
+    def rng():
+        out = ids["range"]
+        for a in ages:
+            out += [d["id"] for d in db.query("users").where_range("age", a, a + 5)
+                    .order_by("age").limit(10).collect()]
+    res["range"] = timed(rng, len(ages))
+    assert db.count("users") == len(docs)
     db.shutdown()
-    return res, check
+    return res, ids
 
 
 def run_sqlite(path, docs, probes, batch):
@@ -78,36 +113,42 @@ def run_sqlite(path, docs, probes, batch):
                             [(d["id"], json.dumps(d)) for d in docs[i:i + batch]])
             con.execute("COMMIT")
     res["insert"] = timed(insert, len(docs))
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     keys, emails, cities, ages = probes
+    ids = {row: [] for row in ("get", "unique", "eq", "range")}
 
     def get():
+        out = ids["get"]
         for k in keys:
             row = con.execute("SELECT body FROM users WHERE id = ?", (k,)).fetchone()
-            json.loads(row[0])
+            out.append(json.loads(row[0])["id"])
     res["get"] = timed(get, len(keys))
 
     def unique():
+        out = ids["unique"]
         for e in emails:
-            [json.loads(r[0]) for r in con.execute(
+            out += [json.loads(r[0])["id"] for r in con.execute(
                 "SELECT body FROM users WHERE json_extract(body, '$.email') = ?", (e,))]
     res["unique"] = timed(unique, len(emails))
 
     def eq():
+        out = ids["eq"]
         for c in cities:
-            [json.loads(r[0]) for r in con.execute(
+            out += [json.loads(r[0])["id"] for r in con.execute(
                 "SELECT body FROM users WHERE json_extract(body, '$.city') = ? "
                 "ORDER BY json_extract(body, '$.age'), id LIMIT 10", (c,))]
     res["eq"] = timed(eq, len(cities))
 
     def rng():
+        out = ids["range"]
         for a in ages:
-            [json.loads(r[0]) for r in con.execute(
+            out += [json.loads(r[0])["id"] for r in con.execute(
                 "SELECT body FROM users WHERE json_extract(body, '$.age') >= ? AND "
-                "json_extract(body, '$.age') < ? ORDER BY json_extract(body, '$.age') LIMIT 10",
-                (a, a + 5))]
+                "json_extract(body, '$.age') < ? ORDER BY json_extract(body, '$.age'), id "
+                "LIMIT 10", (a, a + 5))]
     res["range"] = timed(rng, len(ages))
     con.close()
-    return res
+    return res, ids
 
 
 ROWS = [("insert", "bulk insert, transactions of {batch}"), ("get", "get by key"),
@@ -132,10 +173,14 @@ def main(argv=None):
               [rnd.randrange(18, 85) for _ in range(args.queries)])
     base = tempfile.mkdtemp(prefix="jsondb-bench-", dir=args.dir)
     try:
-        f, _ = run_flowdb(os.path.join(base, "flowdb"), docs, probes, args.batch)
-        s = run_sqlite(os.path.join(base, "sqlite.db"), docs, probes, args.batch)
+        f, f_ids = run_flowdb(os.path.join(base, "flowdb"), docs, probes, args.batch)
+        s, s_ids = run_sqlite(os.path.join(base, "sqlite.db"), docs, probes, args.batch)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    for row, got in f_ids.items():
+        if got != s_ids[row] or not got:
+            raise SystemExit(f"jsondb bench: flowdb and sqlite disagree on {row!r} "
+                             f"({len(got)} vs {len(s_ids[row])} ids)")
     print(f"{args.n} documents, 3 indexes; ops/s (higher is better); ratio = flowdb / sqlite "
           f"(sqlite {sqlite3.sqlite_version})")
     print(f"| {'operation':<44} | {'flowdb ops/s':>12} | {'sqlite ops/s':>12} | {'ratio':>6} |")

@@ -174,3 +174,17 @@ def test_keyrange_factories_refuse_none():
         with pytest.raises(DataError):
             call()
     assert KeyRange.lower_bound(1).includes(10) and not KeyRange.upper_bound(1).includes(10)
+
+
+@given(st.binary(max_size=4), keys, keys)
+def test_key_end_is_where_decode_from_stops(prefix, a, b):
+    """key_end finds an index entry's primary key without decoding (Index.pk_of)."""
+    data = prefix + idbkey.encode(a) + idbkey.encode(b)
+    end = len(prefix) + len(idbkey.encode(a))
+    assert idbkey.key_end(data, len(prefix)) == idbkey.decode_from(data, len(prefix))[1] == end
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x21\x00", b"\x30abc", b"\x50\x21", b"\x99", b"\x50" * 70])
+def test_key_end_distrusts_input(raw):
+    with pytest.raises(CorruptionError):
+        idbkey.key_end(raw)
