@@ -15,6 +15,8 @@ from flowdb._core.iterator cimport Iterator, Source
 cdef enum:
     MT_MAX_HEIGHT = 12
     MT_BRANCHING = 4
+    # Slots of the tail hint (direct-mapped; a power of two).
+    MT_TAIL_SLOTS = 1 << 14
 
 
 # A skiplist node, allocated in the arena with `height` next pointers; its
@@ -34,7 +36,8 @@ cdef struct MTList:
     int max_height             # levels in use; written by the writer, read relaxed
     uint64_t rng               # xorshift state (writer only): node heights
     # Arena: nodes are bump-allocated from ~1 MiB chunks; a node larger than
-    # a quarter chunk gets its own allocation.  All freed with the memtable.
+    # a quarter chunk gets its own allocation.  Chunks are mmapped and
+    # unmapped with the memtable, so its memory goes back to the system.
     uint8_t *alloc_ptr
     size_t alloc_left
     void **chunks              # every allocation, for freeing
@@ -45,6 +48,11 @@ cdef struct MTList:
     # last inserted node, so that inserts in ascending order skip the search.
     MTNode *last
     MTNode *splice[MT_MAX_HEIGHT]
+    # Tail hint (writer only): per hash of a user key, the node last
+    # inserted for it.  A series appending in ts order inserts right after
+    # that node, which for a node of height 1 (3 in 4) is the whole insert.
+    # Only a hint: it is checked against its level-0 successor before use.
+    MTNode *tail[MT_TAIL_SLOTS]
 
 
 cdef class MemTable(Source):

@@ -40,18 +40,44 @@ cdef extern from *:
     #define mt_init_next(n, i, x)    fdb_store_relaxed(&(n)->next[(i)], (x))
     #define mt_load_height(l)        fdb_load_relaxed(&(l)->max_height)
     #define mt_store_height(l, h)    fdb_store_relaxed(&(l)->max_height, (h))
+
+    #include <sys/mman.h>
+    /* Arena memory straight from mmap, so that freeing a memtable gives its
+       memory back to the system at once (1 MiB mallocs, once glibc's dynamic
+       mmap threshold has risen past them, come from the heap and can stay in
+       the process after free).  The mapping's length is in its first 8 bytes. */
+    static void *mt_map(size_t size) {
+        size_t len = size + 8;
+        uint8_t *p = (uint8_t *)mmap(NULL, len, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == (uint8_t *)MAP_FAILED) return NULL;
+        *(size_t *)p = len;
+        return p + 8;
+    }
+    static void mt_unmap(void *mem) {
+        if (mem == NULL) return;
+        uint8_t *p = (uint8_t *)mem - 8;
+        munmap(p, *(size_t *)p);
+    }
     """
     MTNode *mt_load_next(MTNode *n, int i) nogil
     void mt_store_next(MTNode *n, int i, MTNode *x) nogil
     void mt_init_next(MTNode *n, int i, MTNode *x) nogil
     int mt_load_height(MTList *l) nogil
     void mt_store_height(MTList *l, int h) nogil
+    void *mt_map(size_t size) nogil
+    void __builtin_prefetch(const void *p) nogil
+    void mt_unmap(void *mem) nogil
 
 cdef enum:
-    CHUNK_SIZE = 1 << 20
+    # 1 MiB mappings, less their 8-byte length header.
+    CHUNK_SIZE = (1 << 20) - 8
     # Bigger nodes get their own allocation: at most a quarter chunk is wasted.
     BIG_NODE = CHUNK_SIZE >> 2
     ALIGN = 8
+    # apply() prefetches the tail hint 2 * PREFETCH entries ahead, and that
+    # hint's level-0 successor PREFETCH entries ahead (it is cached by then).
+    PREFETCH = 4
     # Bytes of an MTNode before its next[] array.
     NODE_HEADER = sizeof(MTNode) - sizeof(MTNode *)
 
@@ -83,15 +109,15 @@ cdef uint8_t *_arena_alloc(MTList *l, size_t size) noexcept nogil:
         return mem
     # A big node in its own allocation keeps the current chunk's tail usable.
     if size > <size_t>BIG_NODE:
-        mem = <uint8_t *>malloc(size)
+        mem = <uint8_t *>mt_map(size)
         if mem == NULL or _track(l, mem) != FDB_OK:
-            free(mem)
+            mt_unmap(mem)
             return NULL
         l.memory_used += size
         return mem
-    mem = <uint8_t *>malloc(CHUNK_SIZE)
+    mem = <uint8_t *>mt_map(CHUNK_SIZE)
     if mem == NULL or _track(l, mem) != FDB_OK:
-        free(mem)
+        mt_unmap(mem)
         return NULL
     l.memory_used += l.alloc_left + size     # the old tail is abandoned
     l.alloc_ptr = mem + size
@@ -104,7 +130,7 @@ cdef void _list_free(MTList *l) noexcept nogil:
     if l == NULL:
         return
     for i in range(l.nchunks):
-        free(l.chunks[i])
+        mt_unmap(l.chunks[i])
     free(l.chunks)
     free(l)
 
@@ -216,18 +242,50 @@ cdef MTNode *_new_node(MTList *l, BatchEntry *e, uint64_t seq, int *height) noex
 
 # Links n (of height h).  Its internal key must not be in the list already
 # (guaranteed by increasing seqs).
-cdef void _insert(MTList *l, MTNode *n, int h) noexcept nogil:
+cdef inline size_t _tail_slot(const uint8_t *k, size_t klen) noexcept nogil:
+    # FNV-1a over the user key.
+    cdef uint64_t hsh = 14695981039346656037ULL
+    cdef size_t i
+    for i in range(klen - FDB_TRAILER_SIZE):
+        hsh = (hsh ^ k[i]) * 1099511628211ULL
+    return <size_t>(hsh ^ (hsh >> 32)) & (MT_TAIL_SLOTS - 1)
+
+
+cdef void _insert(MTList *l, MTNode *n, int h, size_t slot) noexcept nogil:
     cdef MTNode *prev[MT_MAX_HEIGHT]
     cdef MTNode *x
     cdef MTNode *nxt
     cdef int i, level, top = l.max_height
     cdef bint moved = False
+    x = l.tail[slot]
+    l.tail[slot] = n
+    if h == 1 and x != NULL and _cmp(x, n.key, n.key_len) < 0:
+        nxt = mt_load_next(x, 0)
+        if nxt == NULL or _cmp(nxt, n.key, n.key_len) > 0:
+            # x is n's level-0 predecessor: link there.  The splice stays
+            # right for l.last (n is on no level but 0, and splice[0] is
+            # l.last itself).
+            mt_init_next(n, 0, nxt)
+            mt_store_next(x, 0, n)
+            return
     if l.last != NULL and fdb_ikey_cmp(n.key, n.key_len, l.last.key, l.last.key_len) > 0:
-        # After the last insert: resume from its predecessors.  At each level
-        # the splice is < n; if the walk above moved past the splice it is
-        # already further right than the splice below.
-        x = l.splice[top - 1]
-        for level in range(top - 1, -1, -1):
+        # After the last insert: a finger search from its predecessors.
+        # Climb to the lowest level whose splice is directly followed by a
+        # node >= n: no node between the last insert and n has that level
+        # (or any higher), so every splice from there up is n's predecessor.
+        # Below it, walk right from the splice (or from where the level above
+        # ended, if that is further right).  Cost: O(log gap), not O(log n).
+        level = 0
+        while level < top - 1:
+            nxt = mt_load_next(l.splice[level], level)
+            if nxt != NULL and _cmp(nxt, n.key, n.key_len) < 0:
+                level += 1
+            else:
+                break
+        for i in range(level + 1, top):
+            prev[i] = l.splice[i]
+        x = l.splice[level]
+        for level in range(level, -1, -1):
             if not moved:
                 x = l.splice[level]
             while True:
@@ -304,6 +362,8 @@ cdef class MemTable(Source):
         cdef MTList *l = self.list
         cdef MTNode **nodes = NULL
         cdef int *heights = NULL
+        cdef size_t *slots = NULL
+        cdef MTNode *x
 
         # Pass 1: validate the whole payload; nothing is touched before it passes.
         with nogil:
@@ -343,9 +403,11 @@ cdef class MemTable(Source):
         if npoints:
             nodes = <MTNode **>malloc(npoints * sizeof(MTNode *))
             heights = <int *>malloc(npoints * sizeof(int))
-            if nodes == NULL or heights == NULL:
+            slots = <size_t *>malloc(npoints * sizeof(size_t))
+            if nodes == NULL or heights == NULL or slots == NULL:
                 free(nodes)
                 free(heights)
+                free(slots)
                 raise MemoryError()
             try:
                 with nogil:
@@ -361,10 +423,21 @@ cdef class MemTable(Source):
                             i += 1
                     if st == FDB_OK:
                         for i in range(npoints):
-                            _insert(l, nodes[i], heights[i])
+                            slots[i] = _tail_slot(nodes[i].key, nodes[i].key_len)
+                        for i in range(npoints):
+                            # The tail hints of the next entries, and their
+                            # successors, are cache misses: start them early.
+                            if i + 2 * PREFETCH < npoints:
+                                __builtin_prefetch(l.tail[slots[i + 2 * PREFETCH]])
+                            if i + PREFETCH < npoints:
+                                x = l.tail[slots[i + PREFETCH]]
+                                if x != NULL:
+                                    __builtin_prefetch(x.next[0])
+                            _insert(l, nodes[i], heights[i], slots[i])
             finally:
                 free(nodes)
                 free(heights)
+                free(slots)
                 self.approximate_bytes = l.memory_used + self._range_bytes
             if st != FDB_OK:
                 raise MemoryError("memtable arena allocation failed")

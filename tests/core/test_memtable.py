@@ -176,6 +176,31 @@ def test_ascending_inserts_use_and_keep_order():
     check_equal(mem, model)
 
 
+def test_series_appends_take_the_tail_hint_and_keep_order():
+    # Many series each appending in ts order (the tail-hint path), then
+    # writes that the hint must refuse: an older ts of a series, the same
+    # (key, ts) again (a newer seq sorts first), a key between two series,
+    # and more series than hint slots (collisions overwrite hints).
+    mem, model = MemTable(), Model()
+    seq = 1
+
+    def put(recs):
+        nonlocal seq
+        payload = B.encode_puts(recs)[0]
+        mem.apply(payload, seq)
+        model.apply(B.decode_batch(payload), seq)
+        seq += len(recs)
+
+    for t in range(40):
+        put([Record(b"s:%03d" % i, t, b"v%d" % t) for i in range(300)])
+    put([Record(b"s:%03d" % i, 3, b"older") for i in range(0, 300, 7)])
+    put([Record(b"s:%03d" % i, 39, b"again") for i in range(0, 300, 5)])
+    put([Record(b"s:%03d-between" % i, 0, b"") for i in range(0, 300, 11)])
+    for t in range(3):
+        put([Record(b"wide:%06d" % i, t, b"w") for i in range(20000)])
+    check_equal(mem, model)
+
+
 def test_random_order_many_entries_across_chunks():
     import random
     rnd = random.Random(7)
