@@ -27,6 +27,7 @@ See docs/MAINTENANCE.md for the compaction policy, GC and the time index.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import threading
@@ -378,6 +379,7 @@ class Engine:
         self._write_error = None
         self._background_error = None
         self._wal_dirty = False
+        self._sync_pool = None                # flowdb-wal-fsync: see _write_group
         self._segment_max_seq = {}
         self._wal = None                      # created once recovery has replayed the old log
         self._next_seq = 1
@@ -478,6 +480,8 @@ class Engine:
                 self._wal.sync()
         finally:
             self._closed = True
+            if self._sync_pool is not None:
+                self._sync_pool.shutdown()
             try:
                 if self._wal is not None:
                     self._wal.close()
@@ -678,20 +682,35 @@ class Engine:
                 entries.append((seq, w.payload))
                 seq += w.count
             segment = self._wal.current_number
+            syncing = None
             try:
                 self._wal.append(entries)
                 if any(w.sync for w in group):
-                    self._wal.sync()
+                    # The fsync runs in the sync thread while this one fills
+                    # the memtable (both without the GIL); the group becomes
+                    # visible, and its writers return, only once it is durable.
+                    syncing = self._sync_thread().submit(self._wal.sync)
                 else:
                     self._wal_dirty = True
             except Exception as exc:
                 self._fail_writes(exc)
                 raise self._write_error from exc
             self._segment_max_seq[segment] = seq - 1
-            mem = self._view.mem
-            for w in group:
-                mem.apply(w.payload, w.seq)
+            # The seqs are used from here on, even if the fsync fails: the
+            # memtable may hold the entries (invisible), and a later flush
+            # must not give the same seqs to others.
             self._next_seq = seq
+            try:
+                mem = self._view.mem
+                for w in group:
+                    mem.apply(w.payload, w.seq)
+            finally:
+                if syncing is not None:
+                    try:
+                        syncing.result()
+                    except Exception as exc:
+                        self._fail_writes(exc)
+                        raise self._write_error from exc
             self._visible_seq = seq - 1
         except BaseException as exc:
             for w in group:
@@ -699,6 +718,12 @@ class Engine:
         finally:
             for w in group:
                 w.done = True
+
+    def _sync_thread(self):
+        """The thread that runs group-commit fsyncs (created on first use)."""
+        if self._sync_pool is None:
+            self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, "flowdb-wal-fsync")
+        return self._sync_pool
 
     def _fail_writes(self, exc, what="WAL"):
         if self._write_error is None:
