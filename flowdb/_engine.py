@@ -1,6 +1,7 @@
 """Engine: the orchestration of the LSM tree (API.md section 1).
 
-    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync)
+    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync, in a
+                                                  sync thread, overlapping the insert)
                                                   --> active memtable
     memtable full --> frozen memtables --flush--> SSTable + manifest edit
     reads: the current View (memtable, frozen, tables; newest first) at the
