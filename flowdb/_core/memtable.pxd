@@ -15,8 +15,10 @@ from flowdb._core.iterator cimport Iterator, Source
 cdef enum:
     MT_MAX_HEIGHT = 12
     MT_BRANCHING = 4
-    # Slots of the tail hint (direct-mapped; a power of two).
+    # Slots of the tail hint (direct-mapped; a power of two), and the levels
+    # it keeps (a node is taller than 4 once in 256).
     MT_TAIL_SLOTS = 1 << 14
+    MT_TAIL_LEVELS = 4
 
 
 # A skiplist node, allocated in the arena with `height` next pointers; its
@@ -49,10 +51,11 @@ cdef struct MTList:
     MTNode *last
     MTNode *splice[MT_MAX_HEIGHT]
     # Tail hint (writer only): per hash of a user key, the node last
-    # inserted for it.  A series appending in ts order inserts right after
-    # that node, which for a node of height 1 (3 in 4) is the whole insert.
-    # Only a hint: it is checked against its level-0 successor before use.
-    MTNode *tail[MT_TAIL_SLOTS]
+    # inserted for it at each of the lowest MT_TAIL_LEVELS levels.  A series
+    # appending in ts order inserts right after those nodes, so its insert
+    # needs no search.  Only a hint: each level is checked against its
+    # successor before use.
+    MTNode *tail[MT_TAIL_SLOTS][MT_TAIL_LEVELS]
 
 
 cdef class MemTable(Source):

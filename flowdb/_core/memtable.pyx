@@ -257,16 +257,28 @@ cdef void _insert(MTList *l, MTNode *n, int h, size_t slot) noexcept nogil:
     cdef MTNode *nxt
     cdef int i, level, top = l.max_height
     cdef bint moved = False
-    x = l.tail[slot]
-    l.tail[slot] = n
-    if h == 1 and x != NULL and _cmp(x, n.key, n.key_len) < 0:
-        nxt = mt_load_next(x, 0)
-        if nxt == NULL or _cmp(nxt, n.key, n.key_len) > 0:
-            # x is n's level-0 predecessor: link there.  The splice stays
-            # right for l.last (n is on no level but 0, and splice[0] is
-            # l.last itself).
-            mt_init_next(n, 0, nxt)
-            mt_store_next(x, 0, n)
+    cdef MTNode **tail = l.tail[slot]
+    if h <= MT_TAIL_LEVELS:
+        # The tail hint: if, at every level of n, the key's last node there
+        # is directly followed by a node > n, those are n's predecessors.
+        for i in range(h):
+            x = tail[i]
+            if x == NULL or _cmp(x, n.key, n.key_len) >= 0:
+                break
+            nxt = mt_load_next(x, i)
+            if nxt != NULL and _cmp(nxt, n.key, n.key_len) <= 0:
+                break
+            prev[i] = x
+        else:
+            for i in range(h):
+                mt_init_next(n, i, mt_load_next(prev[i], i))
+                mt_store_next(prev[i], i, n)
+                tail[i] = n
+            # The splice stays right for l.last unless n, below it, took a
+            # level above 0 (splice[0] is l.last itself): then drop it.
+            if h > 1 and l.last != NULL and fdb_ikey_cmp(
+                    n.key, n.key_len, l.last.key, l.last.key_len) < 0:
+                l.last = NULL
             return
     if l.last != NULL and fdb_ikey_cmp(n.key, n.key_len, l.last.key, l.last.key_len) > 0:
         # After the last insert: a finger search from its predecessors.
@@ -311,6 +323,8 @@ cdef void _insert(MTList *l, MTNode *n, int h, size_t slot) noexcept nogil:
     for i in range(top):
         l.splice[i] = n if i < h else prev[i]
     l.last = n
+    for i in range(h if h < MT_TAIL_LEVELS else MT_TAIL_LEVELS):
+        tail[i] = n
 
 
 # -- MemTable ----------------------------------------------------------------
@@ -428,9 +442,9 @@ cdef class MemTable(Source):
                             # The tail hints of the next entries, and their
                             # successors, are cache misses: start them early.
                             if i + 2 * PREFETCH < npoints:
-                                __builtin_prefetch(l.tail[slots[i + 2 * PREFETCH]])
+                                __builtin_prefetch(l.tail[slots[i + 2 * PREFETCH]][0])
                             if i + PREFETCH < npoints:
-                                x = l.tail[slots[i + PREFETCH]]
+                                x = l.tail[slots[i + PREFETCH]][0]
                                 if x != NULL:
                                     __builtin_prefetch(x.next[0])
                             _insert(l, nodes[i], heights[i], slots[i])
