@@ -113,7 +113,7 @@ class _View:
 class _Writer:
     """One caller waiting in the group-commit queue."""
 
-    __slots__ = ("payload", "count", "sync", "done", "error", "seq")
+    __slots__ = ("payload", "count", "sync", "done", "error", "seq", "taken", "mem", "applied")
 
     def __init__(self, payload, count, sync):
         self.payload = payload
@@ -122,6 +122,9 @@ class _Writer:
         self.done = False
         self.error = None
         self.seq = 0
+        self.taken = False       # in a leader's group (the leader's own included)
+        self.mem = None          # set by the leader: insert your batch here yourself
+        self.applied = False     # ... and done so
 
 
 class MaintenanceHandle:
@@ -375,6 +378,9 @@ class Engine:
         self._write_cv = threading.Condition(threading.Lock())
         self._room_cv = threading.Condition(self._mutex)   # frozen memtables drained
         self._queue = collections.deque()
+        # Groups in the WAL but not yet published, in seq order: [last seq];
+        # guarded by _write_cv.  A freeze waits until it is empty.
+        self._inflight = collections.deque()
         self._maintenance_wakeup = threading.Event()   # wakes the flush thread
         self._compact_wakeup = threading.Event()       # wakes the compaction thread
         self._write_error = None
@@ -625,33 +631,70 @@ class Engine:
                 _policy.active_runs(self._view.runs, self._settled) > self._stall_runs):
             self._stall()
         w = _Writer(payload, count, sync)
-        with self._write_cv:
+        cv = self._write_cv
+        with cv:
             if self._write_error is not None:
                 raise self._write_error
             self._queue.append(w)
-            while not w.done and self._queue[0] is not w:
-                self._write_cv.wait()
-            if not w.done:
+            queue = self._queue
+            # Until a leader takes it into a group, w is in the queue.
+            while not w.taken and queue[0] is not w:
+                cv.wait()
+            group = None
+            if not w.taken:
                 group, size = [], 0
-                for x in self._queue:
+                for x in queue:
+                    x.taken = True
                     group.append(x)
                     size += len(x.payload)
                     if size >= _GROUP_MAX_BYTES:
                         break
-        if not w.done:
+            else:
+                while not w.done and w.mem is None:
+                    cv.wait()
+        if group is not None:
+            self._lead(group)
+        elif w.mem is not None:
+            # A leader wrote this batch to the WAL: insert it in parallel with
+            # the rest of the group, then wait for the leader to publish.
             try:
-                with self._write_lock:
-                    self._write_group(group)
-            finally:
-                with self._write_cv:
-                    for _ in group:
-                        self._queue.popleft()
-                    self._write_cv.notify_all()
+                w.mem.apply_concurrent(w.payload, w.seq)
+            except BaseException as exc:
+                w.error = exc
+            with cv:
+                w.applied = True
+                cv.notify_all()
+                while not w.done:
+                    cv.wait()
         if w.error is not None:
             raise w.error
         self._records_written += count
         self._bytes_written += raw
         self._write_hist.record((time.perf_counter_ns() - started) // 1000)
+
+    def _lead(self, group):
+        """The leader's work (pipelined: the next leader starts on the WAL as
+        soon as this group is in it, while this one is still inserting)."""
+        cv = self._write_cv
+        inflight = None
+        try:
+            try:
+                with self._write_lock:
+                    inflight = self._write_group(group)
+            finally:
+                with cv:
+                    for _ in group:
+                        self._queue.popleft()
+                    cv.notify_all()
+            self._finish_group(group, *inflight)
+        except BaseException as exc:
+            for w in group:
+                w.error = exc
+        finally:
+            with cv:
+                for w in group:
+                    w.done = True
+                cv.notify_all()
 
     def _stall(self):
         """Slow a writer while compaction is behind (too many runs).
@@ -667,58 +710,90 @@ class Engine:
             time.sleep(0.002)
 
     def _write_group(self, group):
-        """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
+        """Under _write_lock: room, seqs, the WAL (one write; the fsync
+        started).  Returns the in-flight record (_finish_group's arguments)."""
+        if self._write_error is None and self._manifest.failed:
+            # No flush can ever be recorded again: refuse writes now, as
+            # after a WAL failure, instead of filling memory until reopen.
+            self._fail_writes(self._manifest._failure, "MANIFEST")
+        if self._write_error is not None:
+            raise self._write_error
+        self._make_room()
+        seq = self._next_seq
+        entries = []
+        for w in group:
+            w.seq = seq
+            entries.append((seq, w.payload))
+            seq += w.count
+        segment = self._wal.current_number
+        syncing = None
         try:
-            if self._write_error is None and self._manifest.failed:
-                # No flush can ever be recorded again: refuse writes now, as
-                # after a WAL failure, instead of filling memory until reopen.
-                self._fail_writes(self._manifest._failure, "MANIFEST")
-            if self._write_error is not None:
-                raise self._write_error
-            self._make_room()
-            seq = self._next_seq
-            entries = []
-            for w in group:
-                w.seq = seq
-                entries.append((seq, w.payload))
-                seq += w.count
-            segment = self._wal.current_number
-            syncing = None
+            self._wal.append(entries)
+            if any(w.sync for w in group):
+                # The fsync runs in the sync thread while the group fills the
+                # memtable (without the GIL); the group becomes visible, and
+                # its writers return, only once it is durable.
+                syncing = self._sync_thread().submit(self._wal.sync)
+            else:
+                self._wal_dirty = True
+        except Exception as exc:
+            self._fail_writes(exc)
+            raise self._write_error from exc
+        self._segment_max_seq[segment] = seq - 1
+        # The seqs are used from here on, even if the fsync fails: the
+        # memtable may hold the entries (invisible), and a later flush must
+        # not give the same seqs to others.
+        self._next_seq = seq
+        record = [seq - 1]
+        with self._write_cv:
+            self._inflight.append(record)
+        return record, self._view.mem, syncing
+
+    def _finish_group(self, group, record, mem, syncing):
+        """Insert the group, wait for its fsync, and publish it after every
+        earlier group (visible_seq only moves forward over whole groups)."""
+        error = None
+        try:
+            self._apply_group(group, mem)
+        except BaseException as exc:
+            error = exc
+        if syncing is not None:
             try:
-                self._wal.append(entries)
-                if any(w.sync for w in group):
-                    # The fsync runs in the sync thread while this one fills
-                    # the memtable (both without the GIL); the group becomes
-                    # visible, and its writers return, only once it is durable.
-                    syncing = self._sync_thread().submit(self._wal.sync)
-                else:
-                    self._wal_dirty = True
+                syncing.result()
             except Exception as exc:
                 self._fail_writes(exc)
-                raise self._write_error from exc
-            self._segment_max_seq[segment] = seq - 1
-            # The seqs are used from here on, even if the fsync fails: the
-            # memtable may hold the entries (invisible), and a later flush
-            # must not give the same seqs to others.
-            self._next_seq = seq
-            try:
-                mem = self._view.mem
-                for w in group:
-                    mem.apply(w.payload, w.seq)
-            finally:
-                if syncing is not None:
-                    try:
-                        syncing.result()
-                    except Exception as exc:
-                        self._fail_writes(exc)
-                        raise self._write_error from exc
-            self._visible_seq = seq - 1
-        except BaseException as exc:
-            for w in group:
-                w.error = exc
+                error = self._write_error
+        cv = self._write_cv
+        with cv:
+            while self._inflight[0] is not record:
+                cv.wait()
+            # An earlier group whose fsync failed fails this one too: its
+            # entries would become visible with ours.
+            if error is None and self._write_error is not None:
+                error = self._write_error
+            if error is None:
+                self._visible_seq = record[0]
+            self._inflight.popleft()
+            cv.notify_all()
+        if error is not None:
+            raise error
+
+    def _apply_group(self, group, mem):
+        """Insert the group into mem: every writer its own batch, in parallel
+        (the inserts run without the GIL); returns once all are in."""
+        leader, followers = group[0], group[1:]
+        if followers:
+            with self._write_cv:
+                for w in followers:
+                    w.mem = mem
+                self._write_cv.notify_all()
+        try:
+            mem.apply_concurrent(leader.payload, leader.seq)
         finally:
-            for w in group:
-                w.done = True
+            if followers:
+                with self._write_cv:
+                    while not all(w.applied for w in followers):
+                        self._write_cv.wait()
 
     def _sync_thread(self):
         """The thread that runs group-commit fsyncs (created on first use)."""
@@ -745,6 +820,10 @@ class Engine:
 
     def _freeze(self):
         """Move the active memtable to the frozen list (caller holds _write_lock)."""
+        with self._write_cv:
+            # Groups still inserting into the active memtable finish first.
+            while self._inflight:
+                self._write_cv.wait()
         with self._mutex:
             while len(self._view.frozen) >= self._config.max_frozen_memtables:
                 if self._maintenance is None:
