@@ -8,9 +8,14 @@
            last published sequence number, through flowdb._core.read.
 
 Concurrency rules (lock order: _compact_lock -> _write_lock -> _flush_lock -> _mutex):
-- One write leader at a time holds _write_lock while it writes the WAL and
-  applies its group to the memtable; other writers queue on _write_cv and
-  are carried by the leader's group (group commit: one fsync for all).
+- One write leader at a time holds _write_lock while it takes seqs and
+  writes its group to the WAL (group commit: one write and one fsync for
+  the writers queued on _write_cv).  It then releases it, so the next
+  leader's WAL write overlaps this group's memtable inserts, which every
+  writer of the group does for its own batch, in parallel and without the
+  GIL (MemTable.apply_concurrent).  Groups publish (raise _visible_seq) in
+  seq order, each after its inserts and its fsync; a freeze waits for the
+  groups in flight (_inflight), so a frozen memtable is complete.
 - _flush_lock serialises flushes; a flush puts a new run in front of the view.
 - _compact_lock serialises compactions and GC runs; they hold no other lock
   while they merge (the loop runs without the GIL in read.compact), then
