@@ -765,13 +765,26 @@ class Engine:
         if syncing is not None:
             try:
                 syncing.result()
-            except Exception as exc:
+            except BaseException as exc:
                 self._fail_writes(exc)
-                error = self._write_error
+                if error is None:
+                    error = self._write_error if isinstance(exc, Exception) else exc
+        if error is not None and not isinstance(error, Exception):
+            # Interrupted (KeyboardInterrupt...) with inserts perhaps still
+            # running: no later group may publish past this one.
+            self._fail_writes(error, "write path")
         cv = self._write_cv
         with cv:
-            while self._inflight[0] is not record:
-                cv.wait()
+            try:
+                while self._inflight[0] is not record:
+                    cv.wait()
+            except BaseException as exc:
+                # Leave the queue, so that nobody waits on this group, and
+                # let no later group publish past it.
+                self._fail_writes(exc, "write path")
+                self._inflight.remove(record)
+                cv.notify_all()
+                raise
             # An earlier group whose fsync failed fails this one too: its
             # entries would become visible with ours.
             if error is None and self._write_error is not None:

@@ -511,3 +511,24 @@ def test_parallel_writers_with_frequent_freezes_keep_every_batch_whole(tmp_path,
         assert len(e.query_by_prefix(b"w")) == writers * batches * size
     with Engine.open(str(tmp_path), auto_background=False) as e:
         assert len(e.query_by_prefix(b"w")) == writers * batches * size
+
+
+def test_interrupt_while_inserting_refuses_later_writes_without_deadlock(tmp_path, monkeypatch):
+    # A KeyboardInterrupt in the middle of a group: the writer sees it, the
+    # group is never published, and later writes fail fast (nobody waits
+    # forever for the interrupted group).
+    with Engine.open(str(tmp_path), auto_background=False) as e:
+        e.write_batch([R(b"a", 1, b"ok")])
+        real = Engine._apply_group
+
+        def interrupted(self, group, mem):
+            real(self, group, mem)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(Engine, "_apply_group", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            e.write_batch([R(b"b", 1, b"x")])
+        monkeypatch.setattr(Engine, "_apply_group", real)
+        assert e.get(b"b", 1) is None
+        with pytest.raises(FlowError, match="reopen"):
+            e.write_batch([R(b"c", 1, b"")])
+        assert e.get(b"a", 1) == R(b"a", 1, b"ok")
