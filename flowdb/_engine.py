@@ -182,6 +182,7 @@ class MaintenanceHandle:
             if self._stop.is_set():
                 break
             engine._flush_frozen()
+            engine._delete_dead_wal()
             engine._enforce_meta_budget()
             now = time.monotonic()
             if now >= next_flush:
@@ -393,6 +394,8 @@ class Engine:
         self._wal_dirty = False
         self._sync_pool = None                # flowdb-wal-fsync: see _write_group
         self._segment_max_seq = {}
+        self._dead_wal = []                   # flushed segments to unlink (_delete_dead_wal)
+        self._dead_lock = threading.Lock()
         self._wal = None                      # created once recovery has replayed the old log
         self._next_seq = 1
         self._visible_seq = 0
@@ -490,6 +493,7 @@ class Engine:
             if self._write_error is None:
                 self._flush_all()
                 self._wal.sync()
+            self._delete_dead_wal()
         finally:
             self._closed = True
             if self._sync_pool is not None:
@@ -952,11 +956,26 @@ class Engine:
         if self._wal is None:
             return
         current = self._wal.current_number
-        dead = [s for s, top in self._segment_max_seq.items() if top <= flushed_seq and s != current]
+        dead = [s for s, top in list(self._segment_max_seq.items())
+                if top <= flushed_seq and s != current]
+        for s in dead:
+            del self._segment_max_seq[s]
+        with self._dead_lock:
+            self._dead_wal.extend(dead)
+        if self._maintenance is None:
+            self._delete_dead_wal()
+        elif dead:
+            # Unlinking a segment of tens of MiB, and the directory fsync,
+            # take milliseconds: the flush thread does it, not the flush()
+            # caller.  Recovery skips a segment that outlives its flush.
+            self._maintenance_wakeup.set()
+
+    def _delete_dead_wal(self):
+        """Unlink the WAL segments whose every record is in a table."""
+        with self._dead_lock:
+            dead, self._dead_wal = self._dead_wal, []
         if dead:
             delete_segments(self._dir, dead)
-            for s in dead:
-                del self._segment_max_seq[s]
 
     def trigger_compaction(self) -> bool:
         """Run one round of the compaction policy; True if it merged anything.
