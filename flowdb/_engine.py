@@ -155,6 +155,7 @@ class MaintenanceHandle:
             threading.Thread(target=self._guard, args=(self._run_flush,), name="flowdb-flush", daemon=True),
             threading.Thread(target=self._guard, args=(self._run_compact,), name="flowdb-compact", daemon=True),
         ]
+        self.flush_thread = self._threads[0]
         for t in self._threads:
             t.start()
 
@@ -846,9 +847,12 @@ class Engine:
             # Groups still inserting into the active memtable finish first.
             while self._inflight:
                 self._write_cv.wait()
+        maintenance = self._maintenance
         with self._mutex:
             while len(self._view.frozen) >= self._config.max_frozen_memtables:
-                if self._maintenance is None:
+                # The flush thread (its timer freeze) must not wait for
+                # itself to make room: it flushes inline below.
+                if maintenance is None or threading.current_thread() is maintenance.flush_thread:
                     break
                 self._maintenance_wakeup.set()
                 self._room_cv.wait(0.1)
