@@ -957,15 +957,9 @@ class Engine:
         return reader
 
     def _delete_obsolete_wal(self, flushed_seq):
-        if self._wal is None:
+        if self._wal is None:               # recovery: it deletes the old log itself
             return
-        current = self._wal.current_number
-        dead = [s for s, top in list(self._segment_max_seq.items())
-                if top <= flushed_seq and s != current]
-        for s in dead:
-            del self._segment_max_seq[s]
-        with self._dead_lock:
-            self._dead_wal.extend(dead)
+        dead = self._collect_dead_wal(flushed_seq)
         if self._maintenance is None:
             self._delete_dead_wal()
         elif dead:
@@ -974,8 +968,25 @@ class Engine:
             # caller.  Recovery skips a segment that outlives its flush.
             self._maintenance_wakeup.set()
 
+    def _collect_dead_wal(self, flushed_seq):
+        """Move the segments (but the current one) whose records are all
+        <= flushed_seq to the unlink list; returns them."""
+        if self._wal is None:
+            return []
+        current = self._wal.current_number
+        dead = [s for s, top in list(self._segment_max_seq.items())
+                if top <= flushed_seq and s != current
+                and self._segment_max_seq.pop(s, None) is not None]
+        with self._dead_lock:
+            self._dead_wal.extend(dead)
+        return dead
+
     def _delete_dead_wal(self):
-        """Unlink the WAL segments whose every record is in a table."""
+        """Unlink the WAL segments whose every record is in a table.
+
+        Also those a flush could not collect because the freeze that made
+        them obsolete had not yet rotated the WAL."""
+        self._collect_dead_wal(self._manifest.flushed_seq)
         with self._dead_lock:
             dead, self._dead_wal = self._dead_wal, []
         if dead:
