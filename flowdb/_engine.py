@@ -1,15 +1,21 @@
 """Engine: the orchestration of the LSM tree (API.md section 1).
 
-    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync)
+    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync, in a
+                                                  sync thread, overlapping the insert)
                                                   --> active memtable
     memtable full --> frozen memtables --flush--> SSTable + manifest edit
     reads: the current View (memtable, frozen, tables; newest first) at the
            last published sequence number, through flowdb._core.read.
 
 Concurrency rules (lock order: _compact_lock -> _write_lock -> _flush_lock -> _mutex):
-- One write leader at a time holds _write_lock while it writes the WAL and
-  applies its group to the memtable; other writers queue on _write_cv and
-  are carried by the leader's group (group commit: one fsync for all).
+- One write leader at a time holds _write_lock while it takes seqs and
+  writes its group to the WAL (group commit: one write and one fsync for
+  the writers queued on _write_cv).  It then releases it, so the next
+  leader's WAL write overlaps this group's memtable inserts, which every
+  writer of the group does for its own batch, in parallel and without the
+  GIL (MemTable.apply_concurrent).  Groups publish (raise _visible_seq) in
+  seq order, each after its inserts and its fsync; a freeze waits for the
+  groups in flight (_inflight), so a frozen memtable is complete.
 - _flush_lock serialises flushes; a flush puts a new run in front of the view.
 - _compact_lock serialises compactions and GC runs; they hold no other lock
   while they merge (the loop runs without the GIL in read.compact), then
@@ -27,6 +33,7 @@ See docs/MAINTENANCE.md for the compaction policy, GC and the time index.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import threading
@@ -108,7 +115,7 @@ class _View:
 class _Writer:
     """One caller waiting in the group-commit queue."""
 
-    __slots__ = ("payload", "count", "sync", "done", "error", "seq")
+    __slots__ = ("payload", "count", "sync", "done", "error", "seq", "taken", "mem", "applied")
 
     def __init__(self, payload, count, sync):
         self.payload = payload
@@ -117,6 +124,9 @@ class _Writer:
         self.done = False
         self.error = None
         self.seq = 0
+        self.taken = False       # in a leader's group (the leader's own included)
+        self.mem = None          # set by the leader: insert your batch here yourself
+        self.applied = False     # ... and done so
 
 
 class MaintenanceHandle:
@@ -142,6 +152,7 @@ class MaintenanceHandle:
             threading.Thread(target=self._guard, args=(self._run_flush,), name="flowdb-flush", daemon=True),
             threading.Thread(target=self._guard, args=(self._run_compact,), name="flowdb-compact", daemon=True),
         ]
+        self.flush_thread = self._threads[0]
         for t in self._threads:
             t.start()
 
@@ -169,6 +180,7 @@ class MaintenanceHandle:
             if self._stop.is_set():
                 break
             engine._flush_frozen()
+            engine._delete_dead_wal()
             engine._enforce_meta_budget()
             now = time.monotonic()
             if now >= next_flush:
@@ -379,12 +391,18 @@ class Engine:
         self._write_cv = threading.Condition(threading.Lock())
         self._room_cv = threading.Condition(self._mutex)   # frozen memtables drained
         self._queue = collections.deque()
+        # Groups in the WAL but not yet published, in seq order: [last seq];
+        # guarded by _write_cv.  A freeze waits until it is empty.
+        self._inflight = collections.deque()
         self._maintenance_wakeup = threading.Event()   # wakes the flush thread
         self._compact_wakeup = threading.Event()       # wakes the compaction thread
         self._write_error = None
         self._background_error = None
         self._wal_dirty = False
+        self._sync_pool = None                # flowdb-wal-fsync: see _write_group
         self._segment_max_seq = {}
+        self._dead_wal = []                   # flushed segments to unlink (_delete_dead_wal)
+        self._dead_lock = threading.Lock()
         self._wal = None                      # created once recovery has replayed the old log
         self._next_seq = 1
         self._visible_seq = 0
@@ -483,8 +501,11 @@ class Engine:
             if self._write_error is None:
                 self._flush_all()
                 self._wal.sync()
+            self._delete_dead_wal()
         finally:
             self._closed = True
+            if self._sync_pool is not None:
+                self._sync_pool.shutdown()
             try:
                 if self._wal is not None:
                     self._wal.close()
@@ -627,33 +648,70 @@ class Engine:
                 _policy.active_runs(self._view.runs, self._settled) > self._stall_runs):
             self._stall()
         w = _Writer(payload, count, sync)
-        with self._write_cv:
+        cv = self._write_cv
+        with cv:
             if self._write_error is not None:
                 raise self._write_error
             self._queue.append(w)
-            while not w.done and self._queue[0] is not w:
-                self._write_cv.wait()
-            if not w.done:
+            queue = self._queue
+            # Until a leader takes it into a group, w is in the queue.
+            while not w.taken and queue[0] is not w:
+                cv.wait()
+            group = None
+            if not w.taken:
                 group, size = [], 0
-                for x in self._queue:
+                for x in queue:
+                    x.taken = True
                     group.append(x)
                     size += len(x.payload)
                     if size >= _GROUP_MAX_BYTES:
                         break
-        if not w.done:
+            else:
+                while not w.done and w.mem is None:
+                    cv.wait()
+        if group is not None:
+            self._lead(group)
+        elif w.mem is not None:
+            # A leader wrote this batch to the WAL: insert it in parallel with
+            # the rest of the group, then wait for the leader to publish.
             try:
-                with self._write_lock:
-                    self._write_group(group)
-            finally:
-                with self._write_cv:
-                    for _ in group:
-                        self._queue.popleft()
-                    self._write_cv.notify_all()
+                w.mem.apply_concurrent(w.payload, w.seq)
+            except BaseException as exc:
+                w.error = exc
+            with cv:
+                w.applied = True
+                cv.notify_all()
+                while not w.done:
+                    cv.wait()
         if w.error is not None:
             raise w.error
         self._records_written += count
         self._bytes_written += raw
         self._write_hist.record((time.perf_counter_ns() - started) // 1000)
+
+    def _lead(self, group):
+        """The leader's work (pipelined: the next leader starts on the WAL as
+        soon as this group is in it, while this one is still inserting)."""
+        cv = self._write_cv
+        inflight = None
+        try:
+            try:
+                with self._write_lock:
+                    inflight = self._write_group(group)
+            finally:
+                with cv:
+                    for _ in group:
+                        self._queue.popleft()
+                    cv.notify_all()
+            self._finish_group(group, *inflight)
+        except BaseException as exc:
+            for w in group:
+                w.error = exc
+        finally:
+            with cv:
+                for w in group:
+                    w.done = True
+                cv.notify_all()
 
     def _stall(self):
         """Slow a writer while compaction is behind (too many runs).
@@ -669,43 +727,109 @@ class Engine:
             time.sleep(0.002)
 
     def _write_group(self, group):
-        """The leader's work: room, WAL (one write, one fsync), memtable, publish."""
+        """Under _write_lock: room, seqs, the WAL (one write; the fsync
+        started).  Returns the in-flight record (_finish_group's arguments)."""
+        if self._write_error is None and self._manifest.failed:
+            # No flush can ever be recorded again: refuse writes now, as
+            # after a WAL failure, instead of filling memory until reopen.
+            self._fail_writes(self._manifest._failure, "MANIFEST")
+        if self._write_error is not None:
+            raise self._write_error
+        self._make_room()
+        seq = self._next_seq
+        entries = []
+        for w in group:
+            w.seq = seq
+            entries.append((seq, w.payload))
+            seq += w.count
+        segment = self._wal.current_number
+        syncing = None
         try:
-            if self._write_error is None and self._manifest.failed:
-                # No flush can ever be recorded again: refuse writes now, as
-                # after a WAL failure, instead of filling memory until reopen.
-                self._fail_writes(self._manifest._failure, "MANIFEST")
-            if self._write_error is not None:
-                raise self._write_error
-            self._make_room()
-            seq = self._next_seq
-            entries = []
-            for w in group:
-                w.seq = seq
-                entries.append((seq, w.payload))
-                seq += w.count
-            segment = self._wal.current_number
-            try:
-                self._wal.append(entries)
-                if any(w.sync for w in group):
-                    self._wal.sync()
-                else:
-                    self._wal_dirty = True
-            except Exception as exc:
-                self._fail_writes(exc)
-                raise self._write_error from exc
-            self._segment_max_seq[segment] = seq - 1
-            mem = self._view.mem
-            for w in group:
-                mem.apply(w.payload, w.seq)
-            self._next_seq = seq
-            self._visible_seq = seq - 1
+            self._wal.append(entries)
+            if any(w.sync for w in group):
+                # The fsync runs in the sync thread while the group fills the
+                # memtable (without the GIL); the group becomes visible, and
+                # its writers return, only once it is durable.
+                syncing = self._sync_thread().submit(self._wal.sync)
+            else:
+                self._wal_dirty = True
+        except Exception as exc:
+            self._fail_writes(exc)
+            raise self._write_error from exc
+        self._segment_max_seq[segment] = seq - 1
+        # The seqs are used from here on, even if the fsync fails: the
+        # memtable may hold the entries (invisible), and a later flush must
+        # not give the same seqs to others.
+        self._next_seq = seq
+        record = [seq - 1]
+        with self._write_cv:
+            self._inflight.append(record)
+        return record, self._view.mem, syncing
+
+    def _finish_group(self, group, record, mem, syncing):
+        """Insert the group, wait for its fsync, and publish it after every
+        earlier group (visible_seq only moves forward over whole groups)."""
+        error = None
+        try:
+            self._apply_group(group, mem)
         except BaseException as exc:
-            for w in group:
-                w.error = exc
+            error = exc
+        if syncing is not None:
+            try:
+                syncing.result()
+            except BaseException as exc:
+                self._fail_writes(exc)
+                if error is None:
+                    error = self._write_error if isinstance(exc, Exception) else exc
+        if error is not None and not isinstance(error, Exception):
+            # Interrupted (KeyboardInterrupt...) with inserts perhaps still
+            # running: no later group may publish past this one.
+            self._fail_writes(error, "write path")
+        cv = self._write_cv
+        with cv:
+            try:
+                while self._inflight[0] is not record:
+                    cv.wait()
+            except BaseException as exc:
+                # Leave the queue, so that nobody waits on this group, and
+                # let no later group publish past it.
+                self._fail_writes(exc, "write path")
+                self._inflight.remove(record)
+                cv.notify_all()
+                raise
+            # An earlier group whose fsync failed fails this one too: its
+            # entries would become visible with ours.
+            if error is None and self._write_error is not None:
+                error = self._write_error
+            if error is None:
+                self._visible_seq = record[0]
+            self._inflight.popleft()
+            cv.notify_all()
+        if error is not None:
+            raise error
+
+    def _apply_group(self, group, mem):
+        """Insert the group into mem: every writer its own batch, in parallel
+        (the inserts run without the GIL); returns once all are in."""
+        leader, followers = group[0], group[1:]
+        if followers:
+            with self._write_cv:
+                for w in followers:
+                    w.mem = mem
+                self._write_cv.notify_all()
+        try:
+            mem.apply_concurrent(leader.payload, leader.seq)
         finally:
-            for w in group:
-                w.done = True
+            if followers:
+                with self._write_cv:
+                    while not all(w.applied for w in followers):
+                        self._write_cv.wait()
+
+    def _sync_thread(self):
+        """The thread that runs group-commit fsyncs (created on first use)."""
+        if self._sync_pool is None:
+            self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, "flowdb-wal-fsync")
+        return self._sync_pool
 
     def _fail_writes(self, exc, what="WAL"):
         if self._write_error is None:
@@ -726,9 +850,16 @@ class Engine:
 
     def _freeze(self):
         """Move the active memtable to the frozen list (caller holds _write_lock)."""
+        with self._write_cv:
+            # Groups still inserting into the active memtable finish first.
+            while self._inflight:
+                self._write_cv.wait()
+        maintenance = self._maintenance
         with self._mutex:
             while len(self._view.frozen) >= self._config.max_frozen_memtables:
-                if self._maintenance is None:
+                # The flush thread (its timer freeze) must not wait for
+                # itself to make room: it flushes inline below.
+                if maintenance is None or threading.current_thread() is maintenance.flush_thread:
                     break
                 self._maintenance_wakeup.set()
                 self._room_cv.wait(0.1)
@@ -833,14 +964,40 @@ class Engine:
         return reader
 
     def _delete_obsolete_wal(self, flushed_seq):
-        if self._wal is None:
+        if self._wal is None:               # recovery: it deletes the old log itself
             return
+        dead = self._collect_dead_wal(flushed_seq)
+        if self._maintenance is None:
+            self._delete_dead_wal()
+        elif dead:
+            # Unlinking a segment of tens of MiB, and the directory fsync,
+            # take milliseconds: the flush thread does it, not the flush()
+            # caller.  Recovery skips a segment that outlives its flush.
+            self._maintenance_wakeup.set()
+
+    def _collect_dead_wal(self, flushed_seq):
+        """Move the segments (but the current one) whose records are all
+        <= flushed_seq to the unlink list; returns them."""
+        if self._wal is None:
+            return []
         current = self._wal.current_number
-        dead = [s for s, top in self._segment_max_seq.items() if top <= flushed_seq and s != current]
+        dead = [s for s, top in list(self._segment_max_seq.items())
+                if top <= flushed_seq and s != current
+                and self._segment_max_seq.pop(s, None) is not None]
+        with self._dead_lock:
+            self._dead_wal.extend(dead)
+        return dead
+
+    def _delete_dead_wal(self):
+        """Unlink the WAL segments whose every record is in a table.
+
+        Also those a flush could not collect because the freeze that made
+        them obsolete had not yet rotated the WAL."""
+        self._collect_dead_wal(self._manifest.flushed_seq)
+        with self._dead_lock:
+            dead, self._dead_wal = self._dead_wal, []
         if dead:
             delete_segments(self._dir, dead)
-            for s in dead:
-                del self._segment_max_seq[s]
 
     def trigger_compaction(self) -> bool:
         """Run one round of the compaction policy; True if it merged anything.

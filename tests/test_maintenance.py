@@ -428,3 +428,46 @@ def test_retention_settled_runs_expire_whole_without_rewrites(engine_factory):
     assert sum(t.blocks_read for t in old_tables) == reads
     assert e.stats().total_compaction_runs == compactions
     assert len(e.query(ScanRange.all())) == 2 * 5 * 10
+
+
+def test_flushed_wal_segments_are_unlinked_by_the_flush_thread_and_at_shutdown(tmp_path):
+    import time as _time
+    from flowdb import Config, Engine, Record, SyncMode
+    from flowdb._wal import list_segments
+    cfg = Config(data_dir=str(tmp_path), wal_sync_mode=SyncMode.interval_ms(50), memtable_size_mb=0.05)
+    e = Engine.open(cfg)
+    for b in range(20):
+        e.write_batch([Record(b"k%03d" % i, b, b"v" * 50) for i in range(50)])
+    e.flush()
+    deadline = _time.monotonic() + 10
+    while len(list_segments(str(tmp_path))) > 1 and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert list_segments(str(tmp_path)) == [e._wal.current_number]
+    e.write_batch([Record(b"z", 1, b"")])
+    e.shutdown()
+    assert len(list_segments(str(tmp_path))) <= 1
+    with Engine.open(str(tmp_path), auto_background=False) as e:
+        assert len(e.query_by_prefix(b"k")) == 20 * 50
+
+
+def test_flush_thread_timer_freeze_with_full_frozen_list_flushes_inline(tmp_path):
+    # The flush thread's timer freeze can find max_frozen_memtables frozen
+    # memtables (a writer froze them meanwhile); it must flush them itself
+    # rather than wait for room that only it can make.
+    import types
+    from flowdb import Engine
+    with Engine.open(str(tmp_path), auto_background=False, max_frozen_memtables=1) as e:
+        e.write_batch([Record(b"a", 1, b"")])
+        with e._write_lock:
+            e._freeze()
+        e.write_batch([Record(b"b", 1, b"")])
+        worker = threading.Thread(target=e._freeze_if_nonempty)
+        e._maintenance = types.SimpleNamespace(flush_thread=worker)
+        try:
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "the flush thread waited for itself"
+        finally:
+            e._maintenance = None
+        assert len(e._view.frozen) == 1 and e._view.tables
+        assert {r.key for r in e.query_by_prefix(b"")} == {b"a", b"b"}

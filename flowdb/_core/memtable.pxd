@@ -1,20 +1,30 @@
 # cython: language_level=3
 """MemTable: the in-memory sorted buffer of recent writes (a skiplist).
 
-Thread safety: one writer at a time (the engine's write leader) calls
-apply(); any number of readers iterate concurrently without locks (nodes are
-published with release stores, read with acquire loads).  Nothing is ever
-removed, so an iterator stays valid while the memtable is alive.
+Thread safety: apply() has one writer at a time; apply_concurrent() may run
+in several threads at once (nodes are carved from the arena under a mutex,
+then linked with compare-and-swap).  Any number of readers iterate
+concurrently without locks (nodes are published with release stores or CAS,
+read with acquire loads).  Nothing is ever removed, so an iterator stays
+valid while the memtable is alive.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from flowdb._core.cdefs cimport fdb_iter
 from flowdb._core.iterator cimport Iterator, Source, EntryHit
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
 
 # LevelDB's db/skiplist.h parameters: with branching 4, 12 levels keep
 # searches O(log n) up to 4**12 = 16M entries, far above a memtable's size.
 cdef enum:
     MT_MAX_HEIGHT = 12
     MT_BRANCHING = 4
+    # Slots of the tail hint (direct-mapped; a power of two), and the levels
+    # it keeps (a node is taller than 4 once in 256).
+    MT_TAIL_SLOTS = 1 << 14
+    MT_TAIL_LEVELS = 4
 
 
 # A skiplist node, allocated in the arena with `height` next pointers; its
@@ -31,20 +41,26 @@ cdef struct MTNode:
 # The skiplist and its arena; everything a nogil reader or writer needs.
 cdef struct MTList:
     MTNode *head               # sentinel of height MT_MAX_HEIGHT, no key
-    int max_height             # levels in use; written by the writer, read relaxed
-    uint64_t rng               # xorshift state (writer only): node heights
+    int max_height             # levels in use; raised by CAS, read relaxed
+    # Guards the arena and rng (node creation); linking needs no lock.
+    pthread_mutex_t arena_lock
+    uint64_t rng               # xorshift state: node heights
     # Arena: nodes are bump-allocated from ~1 MiB chunks; a node larger than
-    # a quarter chunk gets its own allocation.  All freed with the memtable.
+    # a quarter chunk gets its own allocation.  Chunks are mmapped and
+    # unmapped with the memtable, so its memory goes back to the system.
     uint8_t *alloc_ptr
     size_t alloc_left
     void **chunks              # every allocation, for freeing
     size_t nchunks
     size_t cap_chunks
     size_t memory_used         # bytes handed out + abandoned chunk tails
-    # Insertion hint (writer only): the predecessors, at every level, of the
-    # last inserted node, so that inserts in ascending order skip the search.
-    MTNode *last
-    MTNode *splice[MT_MAX_HEIGHT]
+    # Tail hint: per hash of a user key, the node last
+    # inserted for it at each of the lowest MT_TAIL_LEVELS levels.  A series
+    # appending in ts order inserts right after those nodes, so its insert
+    # needs no search.  Only a hint: each level is checked against its
+    # successor before use.  Concurrent writers read and write it with
+    # relaxed atomics: a stale hint is refused or corrected like any other.
+    MTNode *tail[MT_TAIL_SLOTS][MT_TAIL_LEVELS]
 
 
 cdef class MemTable(Source):
@@ -64,8 +80,9 @@ cdef class MemTable(Source):
     # Key bytes of the range deletes (they live in range_dels, not the arena).
     cdef size_t _range_bytes
 
-    # The body of apply(), run with _applying set.
-    cdef size_t _apply(self, bytes payload, uint64_t seq_start) except? 0
+    # The body of apply() (strict: seqs above every earlier one) and of
+    # apply_concurrent() (the caller guarantees disjoint seqs).
+    cdef size_t _apply(self, bytes payload, uint64_t seq_start, bint strict) except? 0
     # Source's point reads, straight on the skiplist (iterator.pxd).
     cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
                              bint verify_checksums, EntryHit *hit)

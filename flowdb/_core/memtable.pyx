@@ -22,6 +22,13 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
+from flowdb._core.memtable cimport pthread_mutex_t
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
     FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
@@ -40,19 +47,60 @@ cdef extern from *:
     #define mt_store_next(n, i, x)   fdb_store_release(&(n)->next[(i)], (x))
     #define mt_init_next(n, i, x)    fdb_store_relaxed(&(n)->next[(i)], (x))
     #define mt_load_height(l)        fdb_load_relaxed(&(l)->max_height)
-    #define mt_store_height(l, h)    fdb_store_relaxed(&(l)->max_height, (h))
+    #define mt_cas_next(n, i, expect, x) \
+        __atomic_compare_exchange_n(&(n)->next[(i)], &(expect), (x), 0, \
+                                    __ATOMIC_RELEASE, __ATOMIC_RELAXED)
+    #define mt_cas_height(l, expect, h) \
+        __atomic_compare_exchange_n(&(l)->max_height, (expect), (h), 0, \
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED)
+    #define mt_load_tail(t)          fdb_load_relaxed(&(t))
+    #define mt_store_tail(t, x)      fdb_store_relaxed(&(t), (x))
+
+    #include <sys/mman.h>
+    /* Arena memory straight from mmap, so that freeing a memtable gives its
+       memory back to the system at once (1 MiB mallocs, once glibc's dynamic
+       mmap threshold has risen past them, come from the heap and can stay in
+       the process after free).  MAP_POPULATE faults the pages in with one
+       call instead of one trap per 4 KiB page as the nodes are written.
+       The mapping's length is in its first 8 bytes. */
+    #ifndef MAP_POPULATE
+    #define MAP_POPULATE 0
+    #endif
+    static void *mt_map(size_t size) {
+        size_t len = size + 8;
+        uint8_t *p = (uint8_t *)mmap(NULL, len, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (p == (uint8_t *)MAP_FAILED) return NULL;
+        *(size_t *)p = len;
+        return p + 8;
+    }
+    static void mt_unmap(void *mem) {
+        if (mem == NULL) return;
+        uint8_t *p = (uint8_t *)mem - 8;
+        munmap(p, *(size_t *)p);
+    }
     """
     MTNode *mt_load_next(MTNode *n, int i) nogil
     void mt_store_next(MTNode *n, int i, MTNode *x) nogil
     void mt_init_next(MTNode *n, int i, MTNode *x) nogil
     int mt_load_height(MTList *l) nogil
-    void mt_store_height(MTList *l, int h) nogil
+    bint mt_cas_next(MTNode *n, int i, MTNode *expect, MTNode *x) nogil
+    bint mt_cas_height(MTList *l, int *expect, int h) nogil
+    MTNode *mt_load_tail(MTNode *t) nogil
+    void mt_store_tail(MTNode *t, MTNode *x) nogil
+    void *mt_map(size_t size) nogil
+    void __builtin_prefetch(const void *p) nogil
+    void mt_unmap(void *mem) nogil
 
 cdef enum:
-    CHUNK_SIZE = 1 << 20
+    # 1 MiB mappings, less their 8-byte length header.
+    CHUNK_SIZE = (1 << 20) - 8
     # Bigger nodes get their own allocation: at most a quarter chunk is wasted.
     BIG_NODE = CHUNK_SIZE >> 2
     ALIGN = 8
+    # apply() prefetches the tail hint 2 * PREFETCH entries ahead, and that
+    # hint's level-0 successor PREFETCH entries ahead (it is cached by then).
+    PREFETCH = 4
     # Bytes of an MTNode before its next[] array.
     NODE_HEADER = sizeof(MTNode) - sizeof(MTNode *)
 
@@ -84,15 +132,15 @@ cdef uint8_t *_arena_alloc(MTList *l, size_t size) noexcept nogil:
         return mem
     # A big node in its own allocation keeps the current chunk's tail usable.
     if size > <size_t>BIG_NODE:
-        mem = <uint8_t *>malloc(size)
+        mem = <uint8_t *>mt_map(size)
         if mem == NULL or _track(l, mem) != FDB_OK:
-            free(mem)
+            mt_unmap(mem)
             return NULL
         l.memory_used += size
         return mem
-    mem = <uint8_t *>malloc(CHUNK_SIZE)
+    mem = <uint8_t *>mt_map(CHUNK_SIZE)
     if mem == NULL or _track(l, mem) != FDB_OK:
-        free(mem)
+        mt_unmap(mem)
         return NULL
     l.memory_used += l.alloc_left + size     # the old tail is abandoned
     l.alloc_ptr = mem + size
@@ -100,13 +148,22 @@ cdef uint8_t *_arena_alloc(MTList *l, size_t size) noexcept nogil:
     return mem
 
 
+cdef size_t _memory_used(MTList *l) noexcept nogil:
+    cdef size_t used
+    pthread_mutex_lock(&l.arena_lock)
+    used = l.memory_used
+    pthread_mutex_unlock(&l.arena_lock)
+    return used
+
+
 cdef void _list_free(MTList *l) noexcept nogil:
     cdef size_t i
     if l == NULL:
         return
     for i in range(l.nchunks):
-        free(l.chunks[i])
+        mt_unmap(l.chunks[i])
     free(l.chunks)
+    pthread_mutex_destroy(&l.arena_lock)
     free(l)
 
 
@@ -115,6 +172,7 @@ cdef MTList *_list_new() noexcept nogil:
     cdef int i
     if l == NULL:
         return NULL
+    pthread_mutex_init(&l.arena_lock, NULL)
     l.head = <MTNode *>_arena_alloc(l, NODE_HEADER + MT_MAX_HEIGHT * sizeof(MTNode *))
     if l.head == NULL:
         _list_free(l)
@@ -124,9 +182,7 @@ cdef MTList *_list_new() noexcept nogil:
     l.head.value_len = 0
     for i in range(MT_MAX_HEIGHT):
         l.head.next[i] = NULL
-        l.splice[i] = l.head
     l.max_height = 1
-    l.last = NULL
     # Fixed seed: the same writes build the same shape (reproducible tests).
     l.rng = 0x9E3779B97F4A7C15
     return l
@@ -175,7 +231,7 @@ cdef MTNode *_find_le(MTList *l, const uint8_t *k, size_t kn) noexcept nogil:
             level -= 1
 
 
-# -- insert (writer only) --------------------------------------------------
+# -- insert (writers) --------------------------------------------------
 
 cdef inline int _random_height(MTList *l) noexcept nogil:
     cdef int h = 1
@@ -215,22 +271,98 @@ cdef MTNode *_new_node(MTList *l, BatchEntry *e, uint64_t seq, int *height) noex
     return n
 
 
-# Links n (of height h).  Its internal key must not be in the list already
-# (guaranteed by increasing seqs).
-cdef void _insert(MTList *l, MTNode *n, int h) noexcept nogil:
+cdef inline size_t _tail_slot(const uint8_t *k, size_t klen) noexcept nogil:
+    # FNV-1a over the user key.
+    cdef uint64_t hsh = 14695981039346656037ULL
+    cdef size_t i
+    for i in range(klen - FDB_TRAILER_SIZE):
+        hsh = (hsh ^ k[i]) * 1099511628211ULL
+    return <size_t>(hsh ^ (hsh >> 32)) & (MT_TAIL_SLOTS - 1)
+
+
+# Links n (of height h) after prev[0..h-1], each a node < n (or head) on its
+# level.  Another writer may have linked nodes after prev[i] meanwhile: walk
+# right past those < n, then publish with a CAS, retrying if it lost a race.
+# Level 0 first, so a node reachable on any level is on level 0.  n's
+# internal key must not be in the list (the engine's seqs are unique).
+cdef void _link(MTList *l, MTNode *n, int h, MTNode **prev) noexcept nogil:
+    cdef MTNode *nxt
+    cdef int i, top = mt_load_height(l)
+    # Readers may see the new height before the node: they then find NULL
+    # (or another writer's node) at the new levels of head, which is correct.
+    while h > top and not mt_cas_height(l, &top, h):
+        pass
+    for i in range(h):
+        while True:
+            nxt = mt_load_next(prev[i], i)
+            while nxt != NULL and _cmp(nxt, n.key, n.key_len) < 0:
+                prev[i] = nxt
+                nxt = mt_load_next(nxt, i)
+            mt_init_next(n, i, nxt)
+            if mt_cas_next(prev[i], i, nxt, n):
+                break
+
+
+# An apply's finger into the list (local to one apply call, so concurrent
+# writers each have their own).
+cdef struct MTSplice:
+    MTNode *last               # NULL: no finger yet
+    int height                 # levels of splice[] that are set
+    MTNode *splice[MT_MAX_HEIGHT]
+
+
+# Inserts n (of height h).  sp is the calling apply's finger: the last node it
+# linked through a search, and that node's predecessor on every level.
+cdef void _insert(MTList *l, MTNode *n, int h, size_t slot, MTSplice *sp) noexcept nogil:
     cdef MTNode *prev[MT_MAX_HEIGHT]
     cdef MTNode *x
     cdef MTNode *nxt
-    cdef int i, level, top = l.max_height
+    cdef int i, level, top = mt_load_height(l)
     cdef bint moved = False
-    if l.last != NULL and fdb_ikey_cmp(n.key, n.key_len, l.last.key, l.last.key_len) > 0:
-        # After the last insert: resume from its predecessors.  At each level
-        # the splice is < n; if the walk above moved past the splice it is
-        # already further right than the splice below.
-        x = l.splice[top - 1]
-        for level in range(top - 1, -1, -1):
+    cdef MTNode **tail = l.tail[slot]
+    if h <= MT_TAIL_LEVELS:
+        # The tail hint: if, at every level of n, the key's last node there
+        # is directly followed by a node > n, those are n's predecessors.
+        for i in range(h):
+            x = mt_load_tail(tail[i])
+            if x == NULL or _cmp(x, n.key, n.key_len) >= 0:
+                break
+            nxt = mt_load_next(x, i)
+            if nxt != NULL and _cmp(nxt, n.key, n.key_len) <= 0:
+                break
+            prev[i] = x
+        else:
+            _link(l, n, h, prev)
+            for i in range(h):
+                mt_store_tail(tail[i], n)
+            # The finger stays right for sp.last unless n, below it, took a
+            # level above 0 (splice[0] is sp.last itself): then drop it.
+            if h > 1 and sp.last != NULL and fdb_ikey_cmp(
+                    n.key, n.key_len, sp.last.key, sp.last.key_len) < 0:
+                sp.last = NULL
+            return
+    if sp.last != NULL and fdb_ikey_cmp(n.key, n.key_len, sp.last.key, sp.last.key_len) > 0:
+        # After the finger: a finger search from its predecessors.  Climb to
+        # the lowest level whose splice is directly followed by a node >= n:
+        # no node between the finger and n has that level (or any higher),
+        # so every splice from there up precedes n.  Below it, walk right
+        # from the splice (or from where the level above ended, if that is
+        # further right).  Cost: O(log gap), not O(log n).  (Another writer
+        # may have inserted since: _link walks right past its nodes.)
+        top = sp.height
+        level = 0
+        while level < top - 1:
+            nxt = mt_load_next(sp.splice[level], level)
+            if nxt != NULL and _cmp(nxt, n.key, n.key_len) < 0:
+                level += 1
+            else:
+                break
+        for i in range(level + 1, top):
+            prev[i] = sp.splice[i]
+        x = sp.splice[level]
+        for level in range(level, -1, -1):
             if not moved:
-                x = l.splice[level]
+                x = sp.splice[level]
             while True:
                 nxt = mt_load_next(x, level)
                 if nxt == NULL or _cmp(nxt, n.key, n.key_len) >= 0:
@@ -240,20 +372,18 @@ cdef void _insert(MTList *l, MTNode *n, int h) noexcept nogil:
             prev[level] = x
     else:
         _find_ge(l, n.key, n.key_len, prev)
+    for i in range(top, h):
+        prev[i] = l.head
     if h > top:
-        for i in range(top, h):
-            prev[i] = l.head
-        # Readers may see the new height before the node: they then find
-        # NULL at the new levels of head, which is correct.
-        mt_store_height(l, h)
         top = h
-    for i in range(h):
-        mt_init_next(n, i, mt_load_next(prev[i], i))
-        mt_store_next(prev[i], i, n)
-    # The predecessors of n at every level are the splice for the next insert.
+    _link(l, n, h, prev)
+    # The predecessors of n at every level are the finger for the next insert.
     for i in range(top):
-        l.splice[i] = n if i < h else prev[i]
-    l.last = n
+        sp.splice[i] = n if i < h else prev[i]
+    sp.height = top
+    sp.last = n
+    for i in range(h if h < MT_TAIL_LEVELS else MT_TAIL_LEVELS):
+        mt_store_tail(tail[i], n)
 
 
 # -- MemTable ----------------------------------------------------------------
@@ -290,11 +420,19 @@ cdef class MemTable(Source):
             raise RuntimeError("MemTable.apply() called concurrently; it has one writer")
         self._applying = True
         try:
-            return self._apply(payload, seq_start)
+            return self._apply(payload, seq_start, True)
         finally:
             self._applying = False
 
-    cdef size_t _apply(self, bytes payload, uint64_t seq_start) except? 0:
+    def apply_concurrent(self, bytes payload not None, unsigned long long seq_start):
+        """As apply(), callable from several threads at once (each inserts
+        without the GIL, so writers of one commit group fill the memtable
+        in parallel).  The caller guarantees that no two batches ever
+        applied share a seq; batches may arrive out of seq order.  Not to be
+        mixed with a concurrent apply()."""
+        return self._apply(payload, seq_start, False)
+
+    cdef size_t _apply(self, bytes payload, uint64_t seq_start, bint strict) except? 0:
         cdef const uint8_t *buf = <const uint8_t *>PyBytes_AS_STRING(payload)
         cdef size_t n = PyBytes_GET_SIZE(payload)
         cdef BatchReader r
@@ -305,6 +443,11 @@ cdef class MemTable(Source):
         cdef MTList *l = self.list
         cdef MTNode **nodes = NULL
         cdef int *heights = NULL
+        cdef size_t *slots = NULL
+        cdef MTNode *x
+        cdef MTSplice sp
+        sp.last = NULL
+        sp.height = 0
 
         # Pass 1: validate the whole payload; nothing is touched before it passes.
         with nogil:
@@ -331,7 +474,7 @@ cdef class MemTable(Source):
             return 0
         if seq_start == 0:
             raise ValueError("seq_start must be >= 1 (seq 0 means 'none')")
-        if self.last_seq != 0 and seq_start <= self.last_seq:
+        if strict and self.last_seq != 0 and seq_start <= self.last_seq:
             raise ValueError(f"seq_start={seq_start} is not above the last applied "
                              f"seq {self.last_seq}")
         if seq_start > FDB_MAX_SEQ or count - 1 > FDB_MAX_SEQ - seq_start:
@@ -344,14 +487,17 @@ cdef class MemTable(Source):
         if npoints:
             nodes = <MTNode **>malloc(npoints * sizeof(MTNode *))
             heights = <int *>malloc(npoints * sizeof(int))
-            if nodes == NULL or heights == NULL:
+            slots = <size_t *>malloc(npoints * sizeof(size_t))
+            if nodes == NULL or heights == NULL or slots == NULL:
                 free(nodes)
                 free(heights)
+                free(slots)
                 raise MemoryError()
             try:
                 with nogil:
                     batch_reader_init(&r, buf, n)
                     i = 0
+                    pthread_mutex_lock(&l.arena_lock)
                     while r.index < r.count:
                         batch_reader_next(&r, &e)
                         if e.kind != FDB_KIND_RANGE_DEL:
@@ -360,13 +506,25 @@ cdef class MemTable(Source):
                                 st = FDB_ERR_NOMEM
                                 break
                             i += 1
+                    pthread_mutex_unlock(&l.arena_lock)
                     if st == FDB_OK:
                         for i in range(npoints):
-                            _insert(l, nodes[i], heights[i])
+                            slots[i] = _tail_slot(nodes[i].key, nodes[i].key_len)
+                        for i in range(npoints):
+                            # The tail hints of the next entries, and their
+                            # successors, are cache misses: start them early.
+                            if i + 2 * PREFETCH < npoints:
+                                __builtin_prefetch(mt_load_tail(l.tail[slots[i + 2 * PREFETCH]][0]))
+                            if i + PREFETCH < npoints:
+                                x = mt_load_tail(l.tail[slots[i + PREFETCH]][0])
+                                if x != NULL:
+                                    __builtin_prefetch(mt_load_next(x, 0))
+                            _insert(l, nodes[i], heights[i], slots[i], &sp)
             finally:
                 free(nodes)
                 free(heights)
-                self.approximate_bytes = l.memory_used + self._range_bytes
+                free(slots)
+                self.approximate_bytes = _memory_used(l) + self._range_bytes
             if st != FDB_OK:
                 raise MemoryError("memtable arena allocation failed")
 
@@ -380,11 +538,13 @@ cdef class MemTable(Source):
                                             seq_start + r.index - 1))
         self._range_bytes += range_bytes
 
-        self.approximate_bytes = l.memory_used + self._range_bytes
+        # With the GIL held: concurrent applies update these one at a time.
+        self.approximate_bytes = _memory_used(l) + self._range_bytes
         self.num_entries += count
-        if self.first_seq == 0:
+        if self.first_seq == 0 or seq_start < self.first_seq:
             self.first_seq = seq_start
-        self.last_seq = seq_start + count - 1
+        if seq_start + count - 1 > self.last_seq:
+            self.last_seq = seq_start + count - 1
         if min_ts < self.min_ts:
             self.min_ts = min_ts
         if max_ts > self.max_ts:

@@ -916,3 +916,40 @@ def test_doc_states_the_code_constants():
     assert 'FLOWSST\\x00' in text
     assert "format_version:u32le = 1" in text
     assert "0xbc9f1d34" in text
+
+
+# -- the builder's codecs (include/fdb_codec.h) against the reference packages ----
+
+def _codec_inputs():
+    rng = random.Random(5)
+    yield from (b"", b"a", b"abcd" * 3, b"abc" * 1000, bytes(200_000), rng.randbytes(70_000),
+                b"x" * 65_536 + b"y" * 65_537, b"".join(b"sensor:%06d" % i for i in range(9000)))
+    for _ in range(200):
+        alphabet = rng.choice([b"ab", b"abcdefgh", bytes(range(256))])
+        yield bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 9000)))
+
+
+def test_builder_snappy_round_trips_through_python_snappy():
+    from flowdb._core.table import _builder_snappy
+    for data in _codec_inputs():
+        assert snappy.decompress(_builder_snappy(data)) == data, len(data)
+
+
+def test_builder_snappy_compresses_like_the_reference():
+    from flowdb._core.table import _builder_snappy
+    rng = random.Random(9)
+    data = b"".join(b'{"temp":%.2f,"status":"ok","site":"plant-%d"}' % (rng.uniform(18, 26), i % 12)
+                    for i in range(3000))
+    blocks = [data[i:i + 8192] for i in range(0, len(data), 8192)]
+    mine = sum(len(_builder_snappy(b)) for b in blocks)
+    ref = sum(len(snappy.compress(b)) for b in blocks)
+    assert mine <= 1.05 * ref
+
+
+def test_builder_crc32c_matches_the_crc32c_package():
+    import crc32c
+    from flowdb._core.table import _builder_crc32c
+    for data in _codec_inputs():
+        assert _builder_crc32c(data) == crc32c.crc32c(data)
+        assert _builder_crc32c(data, software=True) == crc32c.crc32c(data)
+        assert _builder_crc32c(b"\x01", _builder_crc32c(data)) == crc32c.crc32c(data + b"\x01")
