@@ -1,6 +1,6 @@
 # cython: language_level=3
 """SSTable builder and reader (docs/FORMAT.md, "SSTable")."""
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint64_t, int64_t
 from flowdb._core.iterator cimport Source, Iterator, EntryHit
 from flowdb._core.block cimport CBlockBuilder, CBlockIter
 from flowdb._core.bloom cimport CBloomBuilder
@@ -24,9 +24,8 @@ cdef class TableBuilder:
     # The exception behind a non-OK status returned by add().
     cdef object error
     # Appends an entry; entries must come in strictly increasing internal-key
-    # order.  Runs without the GIL (blocks are compressed and checksummed in
-    # C, include/fdb_codec.h) except for each os.write of about
-    # WRITE_BUFFER_SIZE bytes.  Returns FDB_OK or an FDB_ERR_* code.
+    # order.  Runs without the GIL except when a block is cut (compression,
+    # checksum and write take the GIL).  Returns FDB_OK or an FDB_ERR_* code.
     # A rejected entry (bad kind or value, out of order: FDB_ERR_PYTHON with a
     # ValueError) leaves the builder as it was; an I/O or memory error
     # (FDB_ERR_IO, FDB_ERR_NOMEM) is sticky: every later call fails with it.
@@ -63,12 +62,7 @@ cdef class TableBuilder:
     cdef uint64_t min_seq             # over point entries and range deletes
     cdef uint64_t max_seq
     cdef uint64_t offset              # bytes of the file so far (written + buffered)
-    cdef uint8_t *wbuf                # bytes not yet handed to os.write (malloc)
-    cdef size_t wlen
-    cdef size_t wcap
-    cdef uint8_t *cbuf                # snappy output scratch (malloc)
-    cdef size_t ccap
-    cdef uint16_t *htable             # snappy hash table scratch (malloc)
+    cdef bytearray wbuf               # bytes not yet handed to os.write
     cdef set range_dels               # {(start, end, seq)}
 
     # Writes the data block being filled and adds its index entry.
@@ -80,12 +74,6 @@ cdef class TableBuilder:
     cdef int _nomem(self) noexcept nogil
     cdef void _free(self) noexcept
     cdef dict _props(self)
-    # Appends data[0..n) as a stored block (snappy if it saves 1/8) with its
-    # trailer to wbuf; its handle in *off, *size.  FDB_OK or FDB_ERR_NOMEM.
-    cdef int _append_block(self, const uint8_t *data, size_t n,
-                           uint64_t *off, uint64_t *size) noexcept nogil
-    # Appends n raw bytes (no trailer) to wbuf.  FDB_OK or FDB_ERR_NOMEM.
-    cdef int _append_raw(self, const uint8_t *data, size_t n) noexcept nogil
     cdef tuple _write_block(self, object raw)
     cdef _flush_wbuf(self)
 

@@ -32,7 +32,7 @@ import snappy as _snappy
 import ujson
 
 from cpython.object cimport PyTypeObject
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from posix.unistd cimport close as c_close
@@ -62,40 +62,6 @@ from flowdb._errors import CorruptionError
 
 cdef extern from "Python.h":
     void PyType_Modified(PyTypeObject *t)
-    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
-    int PyBUF_READ
-
-cdef extern from "fdb_codec.h" nogil:
-    int FDB_SNAPPY_HASH_BITS
-    size_t fdb_snappy_max_len(size_t n)
-    size_t fdb_snappy_compress(const uint8_t *inp, size_t n, uint8_t *out, uint16_t *table)
-    void fdb_crc32c_init()
-    int fdb_crc32c_has_hw()
-    uint32_t fdb_crc32c(uint32_t crc, const uint8_t *p, size_t n, int hw)
-
-fdb_crc32c_init()
-cdef int _CRC_HW = fdb_crc32c_has_hw()
-
-
-def _builder_snappy(data):
-    """The builder's snappy compressor (include/fdb_codec.h), for tests."""
-    cdef bytes src = bytes(data)
-    cdef size_t n = len(src), m
-    cdef bytearray out = bytearray(fdb_snappy_max_len(n))
-    cdef uint8_t *dst = out
-    cdef uint16_t *table = <uint16_t *>malloc(sizeof(uint16_t) << FDB_SNAPPY_HASH_BITS)
-    if table == NULL:
-        raise MemoryError()
-    m = fdb_snappy_compress(<const uint8_t *><const char *>src, n, dst, table)
-    free(table)
-    return bytes(out[:m])
-
-
-def _builder_crc32c(data, unsigned int crc=0, bint software=False):
-    """The builder's CRC32C (include/fdb_codec.h), as crc32c.crc32c(data, crc);
-    software=True: the table-driven path even where SSE4.2 is there.  For tests."""
-    cdef bytes src = bytes(data)
-    return fdb_crc32c(crc, <const uint8_t *><const char *>src, len(src), _CRC_HW and not software)
 
 
 # -- format constants (docs/FORMAT.md; never renumber) ---------------------------
@@ -118,23 +84,15 @@ COMPRESSION_SNAPPY = 1
 COMPRESSION_MIN_SAVING_EIGHTHS = 1
 
 cdef enum:
-    # COMPRESSION_NONE, COMPRESSION_SNAPPY, COMPRESSION_MIN_SAVING_EIGHTHS for nogil code.
-    _COMPRESSION_NONE = 0
-    _COMPRESSION_SNAPPY = 1
-    _MIN_SAVING_EIGHTHS = 1
-    _WRITE_BUFFER = 1 << 20
     # The fixed part of an index entry's value: min_ts, max_ts, min/max expire_at.
     _INDEX_BOUNDS = 4 * 8
     _INDEX_VALUE_MAX = 2 * 10 + _INDEX_BOUNDS   # two varints + the bounds
-
-assert (COMPRESSION_NONE, COMPRESSION_SNAPPY, COMPRESSION_MIN_SAVING_EIGHTHS) == (
-    _COMPRESSION_NONE, _COMPRESSION_SNAPPY, _MIN_SAVING_EIGHTHS)
 
 #: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
 INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
 
 # Not format: the builder hands bytes to os.write in chunks of about this size.
-WRITE_BUFFER_SIZE = _WRITE_BUFFER
+WRITE_BUFFER_SIZE = 1 << 20
 # Not format: the largest block_size a builder accepts (restart offsets are u32).
 MAX_BLOCK_SIZE = 1 << 30
 # Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
@@ -148,6 +106,11 @@ _PROPS_INT_FIELDS = (
 _PROPS_KEY_FIELDS = ("smallest_key", "largest_key")
 
 _handle = struct.Struct("<QQ")
+
+
+cdef bytes _trailer(int typ, stored):
+    crc = _crc32c.crc32c(bytes((typ,)), _crc32c.crc32c(stored))
+    return bytes((typ,)) + crc.to_bytes(4, "little")
 
 
 def range_del_key(bytes start not None, unsigned long long seq):
@@ -193,12 +156,7 @@ cdef class TableBuilder:
         self.max_exp = INT64_MIN
         self.min_seq = FDB_MAX_SEQ
         self.max_seq = 0
-        self.wbuf = NULL
-        self.wlen = 0
-        self.wcap = 0
-        self.cbuf = NULL
-        self.ccap = 0
-        self.htable = NULL
+        self.wbuf = bytearray()
         self.range_dels = set()
 
     def __init__(self, path, block_size=8192, bloom_bits_per_key=10):
@@ -226,13 +184,6 @@ cdef class TableBuilder:
         self.last_key = NULL
         self.first_key = NULL
         self.last_key_cap = 0
-        free(self.wbuf)
-        free(self.cbuf)
-        free(self.htable)
-        self.wbuf = NULL
-        self.cbuf = NULL
-        self.htable = NULL
-        self.wlen = self.wcap = self.ccap = 0
 
     # -- adding ---------------------------------------------------------------
 
@@ -331,18 +282,16 @@ cdef class TableBuilder:
             return FDB_OK
         if block_builder_finish(&self.data_block) != FDB_OK:
             return self._nomem()
-        if self._append_block(self.data_block.buf, self.data_block.len, &off, &size) != FDB_OK:
-            return self._nomem()
-        if self.wlen >= _WRITE_BUFFER:
-            with gil:
-                try:
-                    self._flush_wbuf()
-                except OSError as e:
-                    rc = self._fail(FDB_ERR_IO, e)
-                except MemoryError as e:
-                    rc = self._fail(FDB_ERR_NOMEM, e)
-                except BaseException as e:
-                    rc = self._fail(FDB_ERR_PYTHON, e)
+        with gil:
+            try:
+                off, size = self._write_block(
+                    (<const char *>self.data_block.buf)[:self.data_block.len])
+            except OSError as e:
+                rc = self._fail(FDB_ERR_IO, e)
+            except MemoryError as e:
+                rc = self._fail(FDB_ERR_NOMEM, e)
+            except BaseException as e:
+                rc = self._fail(FDB_ERR_PYTHON, e)
         if rc != FDB_OK:
             return rc
         p += fdb_put_varint(p, off)
@@ -367,84 +316,27 @@ cdef class TableBuilder:
         block_builder_reset(&self.data_block)
         return FDB_OK
 
-    cdef int _append_raw(self, const uint8_t *data, size_t n) noexcept nogil:
-        cdef size_t cap
-        cdef uint8_t *p
-        if self.wlen + n > self.wcap:
-            cap = self.wcap * 2 if self.wcap else _WRITE_BUFFER + (_WRITE_BUFFER >> 2)
-            while cap < self.wlen + n:
-                cap *= 2
-            p = <uint8_t *>realloc(self.wbuf, cap)
-            if p == NULL:
-                return FDB_ERR_NOMEM
-            self.wbuf = p
-            self.wcap = cap
-        memcpy(self.wbuf + self.wlen, data, n)
-        self.wlen += n
-        self.offset += n
-        return FDB_OK
-
-    cdef int _append_block(self, const uint8_t *data, size_t n,
-                           uint64_t *off, uint64_t *size) noexcept nogil:
-        cdef size_t need = fdb_snappy_max_len(n), m
-        cdef uint8_t *p
-        cdef const uint8_t *stored = data
-        cdef uint8_t trailer[5]
-        cdef uint32_t crc
-        if need > self.ccap:
-            p = <uint8_t *>realloc(self.cbuf, need)
-            if p == NULL:
-                return FDB_ERR_NOMEM
-            self.cbuf = p
-            self.ccap = need
-        if self.htable == NULL:
-            self.htable = <uint16_t *>malloc(sizeof(uint16_t) << FDB_SNAPPY_HASH_BITS)
-            if self.htable == NULL:
-                return FDB_ERR_NOMEM
-        m = fdb_snappy_compress(data, n, self.cbuf, self.htable)
-        trailer[0] = _COMPRESSION_NONE
-        if 8 * m <= (8 - _MIN_SAVING_EIGHTHS) * n:
-            stored = self.cbuf
-            n = m
-            trailer[0] = _COMPRESSION_SNAPPY
-        crc = fdb_crc32c(fdb_crc32c(0, stored, n, _CRC_HW), trailer, 1, _CRC_HW)
-        trailer[1] = <uint8_t>crc
-        trailer[2] = <uint8_t>(crc >> 8)
-        trailer[3] = <uint8_t>(crc >> 16)
-        trailer[4] = <uint8_t>(crc >> 24)
-        off[0] = self.offset
-        size[0] = n
-        if self._append_raw(stored, n) != FDB_OK or self._append_raw(trailer, 5) != FDB_OK:
-            return FDB_ERR_NOMEM
-        return FDB_OK
-
     cdef tuple _write_block(self, object raw):
-        """Appends raw (bytes) as a stored block with its trailer; returns its handle."""
-        cdef bytes b = bytes(raw)
-        cdef uint64_t off = 0, size = 0
-        cdef int rc
-        cdef const uint8_t *p = <const uint8_t *><const char *>b
-        cdef size_t n = len(b)
-        with nogil:
-            rc = self._append_block(p, n, &off, &size)
-        if rc != FDB_OK:
-            raise MemoryError("out of memory building a table")
-        if self.wlen >= _WRITE_BUFFER:
+        """Appends raw as a stored block with its trailer; returns its handle."""
+        compressed = _snappy.compress(raw)
+        if 8 * len(compressed) <= (8 - COMPRESSION_MIN_SAVING_EIGHTHS) * len(raw):
+            stored, typ = compressed, COMPRESSION_SNAPPY
+        else:
+            stored, typ = raw, COMPRESSION_NONE
+        off = self.offset
+        self.wbuf += stored
+        self.wbuf += _trailer(typ, stored)
+        self.offset += len(stored) + BLOCK_TRAILER_SIZE
+        if len(self.wbuf) >= WRITE_BUFFER_SIZE:
             self._flush_wbuf()
-        return off, size
+        return off, len(stored)
 
     cdef _flush_wbuf(self):
-        # os.write, not write(2) from C: the fault-injection tests see it.
-        cdef Py_ssize_t pos = 0, n = self.wlen
-        if n == 0:
-            return
-        view = PyMemoryView_FromMemory(<char *>self.wbuf, n, PyBUF_READ)
-        try:
+        cdef Py_ssize_t pos = 0, n = len(self.wbuf)
+        with memoryview(self.wbuf) as view:
             while pos < n:
                 pos += os.write(self.fd, view[pos:])
-        finally:
-            view.release()
-        self.wlen = 0
+        del self.wbuf[:]
 
     # -- Python API -------------------------------------------------------------
 
@@ -545,8 +437,8 @@ cdef class TableBuilder:
             footer += FORMAT_VERSION.to_bytes(4, "little")
             footer += _crc32c.crc32c(footer).to_bytes(4, "little")
             footer += TABLE_MAGIC
-            if self._append_raw(<const uint8_t *><const char *>footer, len(footer)) != FDB_OK:
-                raise MemoryError("out of memory building a table")
+            self.wbuf += footer
+            self.offset += len(footer)
             self._flush_wbuf()
             os.fsync(self.fd)
             fd, self.fd = self.fd, -1
