@@ -44,6 +44,7 @@ from flowdb._core.block_cache import BlockCache
 from flowdb._config import Config, ReadOptions, StorageBackendKind
 from flowdb._core import batch as _batch
 from flowdb._core import read as _read
+from flowdb._core.read import ScanIterator
 from flowdb._core.memtable import MemTable
 from flowdb._core.record import Record
 from flowdb._core.table import TableBuilder, TableReader, build_table
@@ -61,8 +62,6 @@ from flowdb._wal import WalWriter, delete_segments, list_segments, read_wal
 log = logging.getLogger("flowdb")
 
 _MIB = 1024 * 1024
-_SCAN_BATCH_MIN = 16                  # records a ScanIterator fetches first ...
-_SCAN_BATCH_MAX = 1024                # ... doubling up to this
 _QUERY_BATCH = 4096                   # query() drains its cursor this many at a time
 _TIME_SOURCES_KEPT = 64               # bucket ranges a view remembers the sources of
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
@@ -245,46 +244,6 @@ class _WalSyncer:
         self._thread.join()
 
 
-class ScanIterator:
-    """A lazy scan over a snapshot; memory stays bounded by a few blocks.
-
-    Records are fetched in batches that start small (a caller that stops
-    after a few records reads a few) and double up to _SCAN_BATCH_MAX (a
-    long scan pays the Python boundary once per batch, not per record).
-    """
-
-    __slots__ = ("_cursor", "_view", "_engine", "_buffer", "_pos", "_batch")
-
-    def __init__(self, engine, view, cursor):
-        self._engine = engine
-        self._view = view                  # keeps the snapshot's sources alive
-        self._cursor = cursor
-        self._buffer = []
-        self._pos = 0
-        self._batch = _SCAN_BATCH_MIN
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Record:
-        if self._pos >= len(self._buffer):
-            if self._cursor is None:
-                raise StopIteration
-            if self._engine._closed:
-                raise InvalidStateError("the engine was shut down during this scan")
-            self._buffer = self._cursor.next_batch(self._batch)
-            self._batch = min(self._batch * 2, _SCAN_BATCH_MAX)
-            self._pos = 0
-            if not self._buffer:
-                self._engine._records_read += self._cursor.records_returned
-                self._cursor = None
-                self._view = None
-                raise StopIteration
-        record = self._buffer[self._pos]
-        self._pos += 1
-        return record
-
-
 class Snapshot:
     """Reads at one sequence number over one View: see Engine.snapshot()."""
 
@@ -319,7 +278,7 @@ class Snapshot:
     def _scan_keys(self, lo, hi, reverse=False):
         """Engine._scan_keys at this snapshot."""
         view = self._live_view()
-        return self._engine._records(view, self._engine._cursor_over(
+        return ScanIterator(self._engine, view, self._engine._cursor_over(
             view, self._seq, None, lo, hi, INT64_MIN, INT64_MAX, True, True, reverse))
 
     def close(self):
@@ -1279,23 +1238,8 @@ class Engine:
         if self._closed:
             self._check_open()
         view, seq = self._snapshot()
-        return self._records(view, self._cursor_over(
+        return ScanIterator(self, view, self._cursor_over(
             view, seq, None, lo, hi, INT64_MIN, INT64_MAX, True, True, reverse))
-
-    def _records(self, view, cursor):
-        """A generator over the cursor's records: what a ScanIterator
-        yields, minus a Python method call per record (the frame keeps
-        `view`, and so the cursor's sources, alive)."""
-        n = _SCAN_BATCH_MIN
-        while True:
-            if self._closed:
-                raise InvalidStateError("the engine was shut down during this scan")
-            batch = cursor.next_batch(n)
-            if not batch:
-                self._records_read += cursor.records_returned
-                return
-            yield from batch
-            n = min(n * 2, _SCAN_BATCH_MAX)
 
     def _scan_at(self, view, seq, range, opts):
         return ScanIterator(self, view, self._cursor(view, seq, range, opts))

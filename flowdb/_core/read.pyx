@@ -49,9 +49,9 @@ from flowdb._core.record cimport Record, make_record, check_key, check_i64
 from flowdb._core.histogram cimport LatencyHistogram
 from flowdb._core.table cimport TableBuilder
 import heapq
-from flowdb._errors import CorruptionError
+from flowdb._errors import CorruptionError, InvalidStateError
 
-__all__ = ["get", "get_latest", "PointReader", "ReadStats", "Cursor", "compact", "RangeDelIndex"]
+__all__ = ["get", "get_latest", "PointReader", "ReadStats", "Cursor", "ScanIterator", "compact", "RangeDelIndex"]
 
 # The greatest trailer byte: (key, ts, seq, 0xff) sorts before every entry
 # of (key, ts) with that seq or a smaller one.
@@ -63,6 +63,9 @@ cdef int NEXT_BEFORE_SEEK = 4
 # bytes (always at least one record), per GIL round trip.
 cdef Py_ssize_t BATCH_RECORDS = 4096
 cdef size_t BATCH_BYTES = 256 * 1024
+# A ScanIterator's first batch, doubling up to the last.
+cdef Py_ssize_t SCAN_BATCH_MIN = 16
+cdef Py_ssize_t SCAN_BATCH_MAX = 1024
 
 # Verdicts on the newest visible version of a (key, ts).
 cdef enum:
@@ -1053,6 +1056,54 @@ cdef class Cursor:
         r = self._buf[self._bufpos]
         self._bufpos += 1
         return r
+
+
+@cython.final
+cdef class ScanIterator:
+    """A lazy scan over a snapshot (Engine.scan); memory stays bounded by a
+    few blocks.
+
+    Records come from the Cursor in batches that start small (a caller that
+    stops after a few records reads a few) and double up to SCAN_BATCH_MAX
+    (a long scan crosses into the merge once per batch).  Before each batch
+    it checks that the engine is still open; at the end it adds what it
+    returned to the engine's records_read.
+    """
+    cdef object _engine
+    cdef object _view              # keeps the snapshot's sources alive
+    cdef Cursor _cursor            # None once exhausted
+    cdef list _buffer
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _batch
+
+    def __init__(self, engine, view, Cursor cursor not None):
+        self._engine = engine
+        self._view = view
+        self._cursor = cursor
+        self._buffer = []
+        self._pos = 0
+        self._batch = SCAN_BATCH_MIN
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._pos >= len(self._buffer):
+            if self._cursor is None:
+                raise StopIteration
+            if self._engine._closed:
+                raise InvalidStateError("the engine was shut down during this scan")
+            self._buffer = self._cursor.next_batch(self._batch)
+            self._batch = min(self._batch * 2, SCAN_BATCH_MAX)
+            self._pos = 0
+            if not self._buffer:
+                self._engine._records_read += self._cursor.records_returned
+                self._cursor = None
+                self._view = None
+                raise StopIteration
+        record = self._buffer[self._pos]
+        self._pos += 1
+        return record
 
 
 # -- compaction -----------------------------------------------------------------------
