@@ -23,7 +23,6 @@ from flowdb._core import idbkey
 from flowdb._core.record import NEVER, Record
 from flowdb._errors import (ConstraintError, DataError, NotFoundError, ReadOnlyError,
                             TransactionInactiveError)
-from flowdb._query import ScanRange
 from flowdb.jsondb import _keys
 from flowdb.jsondb._keyrange import KeyRange, as_range
 
@@ -155,7 +154,7 @@ class Transaction:
             # this transaction wrote into again becomes point deletes.
             i = bisect.bisect_left(srt, lo)
             if i < len(srt) and srt[i] < hi:
-                for rec in self._reader.scan(ScanRange.key_range(lo, hi)):
+                for rec in self._reader._scan_keys(lo, hi):
                     if rec.key < hi and rec.key not in writes:
                         deletes.append((rec.key, 0))
             else:
