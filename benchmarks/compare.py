@@ -3,6 +3,7 @@
     pip install -e '.[bench]'          # rocksdict, plyvel, lmdb (sqlite3 is in the stdlib)
     python benchmarks/compare.py [--records N] [--repeats R]
                                  [--engines flowdb,rocksdb,leveldb,lmdb,sqlite] [--json out.json]
+                                 [--flowdb-config FIELD=VALUE ...]
 
 The workload is flowdb's own (flowdb/_demo.py, SensorWorkload; the one
 `python -m flowdb.bench` runs): N readings of 1,000 series (b"sensor:000123"),
@@ -34,7 +35,9 @@ Method
 Each engine through its ordinary public API, default settings otherwise
 - flowdb: Engine.write_batch with SyncMode.interval_ms(100) / SyncMode.ALWAYS;
   get, get_latest, scan_prefix, query_prefix_time_range, query_time_range
-  (its time index), flush + trigger_compaction.
+  (its time index), flush + trigger_compaction.  `--flowdb-config
+  FIELD=VALUE` (a Python literal; repeatable) changes a Config field from its
+  default, to measure a setting's trade-off; the report names it.
 - Peers store (key, ts) as key + b"\\x00" + 8-byte big-endian ts (all the
   workload's timestamps are positive, so byte order is ts order).
   RocksDB (rocksdict, raw mode): WriteBatch + Rdict.write, WriteOptions
@@ -70,6 +73,7 @@ Each engine through its ordinary public API, default settings otherwise
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import os
@@ -119,9 +123,12 @@ class Flowdb:
     make = Record
     periodic_sync = False   # SyncMode.interval_ms(100) syncs on its own timer
 
+    # Config fields changed from their defaults (--flowdb-config), set by the worker.
+    overrides = {}
+
     def __init__(self, path, sync):
         mode = SyncMode.ALWAYS if sync == "always" else SyncMode.interval_ms(100)
-        self.engine = e = Engine.open(Config(data_dir=path, wal_sync_mode=mode))
+        self.engine = e = Engine.open(Config(data_dir=path, wal_sync_mode=mode, **self.overrides))
         self.write_batch, self.flush = e.write_batch, e.flush
         self.get, self.get_latest = e.get, e.get_latest
 
@@ -616,6 +623,7 @@ def run_worker(name, phase, records, path):
 
 
 def _worker_main(args):
+    Flowdb.overrides = args.flowdb_config
     path = tempfile.mkdtemp(prefix=f"flowdb-compare-{args.worker}-", dir=args.dir)
     try:
         records = args.fsync_records if args.phase == "fsync" else args.records
@@ -698,6 +706,8 @@ def run_one(name, phase, args, env):
            "--records", str(args.records), "--fsync-records", str(args.fsync_records)]
     if args.dir:
         cmd += ["--dir", args.dir]
+    for field, value in args.flowdb_config.items():
+        cmd += ["--flowdb-config", f"{field}={value!r}"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
@@ -786,6 +796,9 @@ def render(result):
     for name, e in engines.items():
         if e["status"] == "ok":
             out.append(f"- {name}: {e['module']} {e['version']}")
+            if name == "flowdb" and wl.get("flowdb_config"):
+                out[-1] += ", Config changed from its defaults: " + ", ".join(
+                    f"{f}={v!r}" for f, v in wl["flowdb_config"].items())
         else:
             out.append(f"- {name}: {e['status'].upper()} ({e['reason']})")
     out += ["", "Median [min - max] over the repeats; rec/s and gets/s: higher is better; "
@@ -831,7 +844,8 @@ def run(args, log=sys.stderr):
     runnable = [n for n in names if engines[n]["status"] == "ok"]
     result = {"machine": machine_info(engines),
               "workload": {"records": args.records, "fsync_records": args.fsync_records,
-                           "series": SERIES, "batch_size": BATCH, "repeats": args.repeats},
+                           "series": SERIES, "batch_size": BATCH, "repeats": args.repeats,
+                           "flowdb_config": args.flowdb_config},
               "engines": engines}
     samples, errors = {}, {}
     env = _worker_env()
@@ -858,6 +872,21 @@ def _records(text):
     return int(text.replace("_", "").replace(",", ""))
 
 
+def _config_overrides(items):
+    """{field: value} of the --flowdb-config FIELD=VALUE items, checked by Config."""
+    out = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not FIELD=VALUE")
+        try:
+            out[field.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{item!r}: the value is not a Python literal") from None
+    Config.build(Config(), **out)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/compare.py",
@@ -872,6 +901,9 @@ def main(argv=None) -> int:
                         help=f"comma-separated, from {','.join(ENGINES)} (default: all)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--dir", default=None, help="where the scratch directories go (default: the temp dir)")
+    parser.add_argument("--flowdb-config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one flowdb Config field from its default, e.g. "
+                             "prepopulate_block_cache=True (repeatable)")
     parser.add_argument("--worker", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=PHASES, default="main", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -879,6 +911,10 @@ def main(argv=None) -> int:
         parser.error("--records and --repeats must be positive")
     if args.fsync_records is None:
         args.fsync_records = args.records
+    try:
+        args.flowdb_config = _config_overrides(args.flowdb_config)
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--flowdb-config: {exc}")
     if args.worker:
         return _worker_main(args)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]

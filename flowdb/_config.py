@@ -86,6 +86,8 @@ class Config:
     create_if_missing: bool = True
     wal_sync_mode: SyncMode = field(default_factory=lambda: SyncMode.ALWAYS)
     auto_background: bool = True
+    # RocksDB's prepopulate_block_cache=kFlushOnly (off by default there too).
+    prepopulate_block_cache: bool = False
     storage_backend: StorageBackendKind = StorageBackendKind.MULTI_FILE
 
     @classmethod
@@ -126,6 +128,8 @@ class Config:
                 raise TypeError("Config.default_ttl_secs must be an int or None")
             if ttl <= 0 or ttl > MAX_TTL_SECS:
                 raise ValueError(f"Config.default_ttl_secs={ttl} is outside 1..{MAX_TTL_SECS}")
+        if not isinstance(self.prepopulate_block_cache, bool):
+            raise TypeError("Config.prepopulate_block_cache must be a bool")
         if not isinstance(self.wal_sync_mode, SyncMode):
             raise TypeError("Config.wal_sync_mode must be a SyncMode")
         if not isinstance(self.storage_backend, StorageBackendKind):

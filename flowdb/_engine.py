@@ -903,11 +903,15 @@ class Engine:
             self._delete_obsolete_wal(boundary)
 
     def _write_table(self, fill):
-        """Build a table under a temporary name, then make it durable and live-ready."""
+        """Build a table under a temporary name, then make it durable and
+        live-ready.  With Config.prepopulate_block_cache its data blocks go
+        to the block cache as they are written (TableBuilder.warm)."""
         number = self._manifest.new_file_number()
         final = os.path.join(self._dir, table_name(number))
         tmp = final + ".tmp"
         builder = TableBuilder(tmp, self._config.block_size, self._config.bloom_bits_per_key)
+        if self._config.prepopulate_block_cache:
+            builder.warm(self._cache, number)
         try:
             fill(builder)
         except BaseException:

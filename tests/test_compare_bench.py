@@ -7,7 +7,9 @@ otherwise.  A wrong answer must fail its worker, never look fast.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import pathlib
@@ -130,3 +132,44 @@ def test_a_wrong_answer_fails_the_reads(compare, tmp_path):
             compare.run_reads(_EmptyScans(engine), w, sizes, random.Random(1))
     finally:
         engine.close()
+
+
+def test_flowdb_config_reaches_the_workers_and_the_report(compare, monkeypatch, tmp_path, capsys):
+    seen = []
+    real_init = compare.Flowdb.__init__
+
+    def spy(self, path, sync):
+        real_init(self, path, sync)
+        seen.append(self.engine._config.prepopulate_block_cache)
+
+    def in_process(name, phase, args, env):
+        # The worker's own command line (as run_one builds it), run here so
+        # the spy sees the engine each phase opens.
+        argv = ["--worker", name, "--phase", phase, "--records", str(args.records),
+                "--dir", str(tmp_path)]
+        for field, value in args.flowdb_config.items():
+            argv += ["--flowdb-config", f"{field}={value!r}"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert compare.main(argv) == 0
+        return json.loads(out.getvalue())["values"], None, 0.0
+
+    monkeypatch.setattr(compare.Flowdb, "__init__", spy)
+    monkeypatch.setattr(compare.Flowdb, "overrides", {})
+    monkeypatch.setattr(compare, "run_one", in_process)
+    rc = compare.main(["--records", "2000", "--repeats", "1", "--engines", "flowdb",
+                       "--flowdb-config", "prepopulate_block_cache=True",
+                       "--json", str(tmp_path / "out.json")])
+    assert rc == 0
+    assert seen == [True, True, True]          # the main, fsync and threads phases
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["workload"]["flowdb_config"] == {"prepopulate_block_cache": True}
+    assert "Config changed from its defaults: prepopulate_block_cache=True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("item", ["prepopulate_block_cache", "no_such_field=1",
+                                  "block_size=-1", "block_size=big"])
+def test_bad_flowdb_config_is_refused(compare, item, capsys):
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--flowdb-config", item])
+    assert info.value.code == 2 and "--flowdb-config" in capsys.readouterr().err

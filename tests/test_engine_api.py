@@ -63,6 +63,7 @@ def test_config_defaults_match_api():
     assert c.create_if_missing is True
     assert c.wal_sync_mode == SyncMode.ALWAYS
     assert c.auto_background is True
+    assert c.prepopulate_block_cache is False       # an addition, off as in RocksDB
     assert c.storage_backend == StorageBackendKind.MULTI_FILE
     assert ReadOptions() == ReadOptions(fill_cache=True, verify_checksums=True)
 

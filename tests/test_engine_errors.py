@@ -372,6 +372,13 @@ def test_invalid_config_raises_value_error_naming_field(tmp_path, field, value):
     assert not path.exists() or not any(path.glob("*.sst"))
 
 
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_prepopulate_block_cache_must_be_a_bool(tmp_path, value):
+    with pytest.raises(TypeError, match="prepopulate_block_cache"):
+        Engine.open(str(tmp_path / "db"), prepopulate_block_cache=value)
+    assert not (tmp_path / "db").exists() or not any((tmp_path / "db").glob("*.sst"))
+
+
 def test_valid_extreme_default_ttl_is_accepted(tmp_path):
     with Engine.open(str(tmp_path / "db"), default_ttl_secs=MAX_TTL_SECS, auto_background=False) as e:
         e.write_batch([R(b"k", 0, b"v")])

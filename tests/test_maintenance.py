@@ -290,6 +290,22 @@ def test_stats_are_real_measurements(engine_factory):
     assert st.query_latency_p99_us > 0 and st.total_records_read == 2
 
 
+@pytest.mark.parametrize("prepopulate", [False, True])
+def test_prepopulate_block_cache_serves_the_first_reads_of_a_flush(engine_factory, prepopulate):
+    e = engine_factory(prepopulate_block_cache=prepopulate, block_size=512)
+    model = {(b"s%02d" % k, ts): b"v%d" % (ts * k) * 20 for k in range(20) for ts in range(50)}
+    e.write_batch([Record(k, ts, v) for (k, ts), v in model.items()])
+    e.flush()
+    (table,) = e._view.tables
+    assert all(e.get(k, ts).value == v for (k, ts), v in model.items())
+    assert (table.blocks_read == 0) is prepopulate
+    assert (e.stats().block_cache_hit_rate == 1.0) is prepopulate
+    e.shutdown()
+    e = engine_factory(prepopulate_block_cache=prepopulate, block_size=512)   # reopened: cold
+    assert all(e.get(k, ts).value == v for (k, ts), v in model.items())
+    assert e._view.tables[0].blocks_read > 0
+
+
 def test_metrics_text_parses_with_prometheus_client(engine_factory):
     parser = pytest.importorskip("prometheus_client.parser")
     e = engine_factory()

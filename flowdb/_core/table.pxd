@@ -64,6 +64,8 @@ cdef class TableBuilder:
     cdef uint64_t offset              # bytes of the file so far (written + buffered)
     cdef bytearray wbuf               # bytes not yet handed to os.write
     cdef set range_dels               # {(start, end, seq)}
+    cdef BlockCache warm_cache        # warm(): data blocks go here as written, or None
+    cdef uint64_t warm_file           # the table's file number: their cache key
 
     # Writes the data block being filled and adds its index entry.
     cdef int _cut_block(self) noexcept nogil
@@ -76,6 +78,7 @@ cdef class TableBuilder:
     cdef dict _props(self)
     cdef tuple _write_block(self, object raw)
     cdef _flush_wbuf(self)
+    cdef _warm(self, uint64_t off, bytes raw)
 
 
 cdef class TableReader(Source):

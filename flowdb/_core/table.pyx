@@ -158,6 +158,7 @@ cdef class TableBuilder:
         self.max_seq = 0
         self.wbuf = bytearray()
         self.range_dels = set()
+        self.warm_cache = None
 
     def __init__(self, path, block_size=8192, bloom_bits_per_key=10):
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
@@ -284,8 +285,10 @@ cdef class TableBuilder:
             return self._nomem()
         with gil:
             try:
-                off, size = self._write_block(
-                    (<const char *>self.data_block.buf)[:self.data_block.len])
+                raw = (<const char *>self.data_block.buf)[:self.data_block.len]
+                off, size = self._write_block(raw)
+                if self.warm_cache is not None:
+                    self._warm(off, raw)
             except OSError as e:
                 rc = self._fail(FDB_ERR_IO, e)
             except MemoryError as e:
@@ -331,6 +334,26 @@ cdef class TableBuilder:
             self._flush_wbuf()
         return off, len(stored)
 
+    cdef _warm(self, uint64_t off, bytes raw):
+        # Only into free room: warming never evicts what readers are using.
+        cdef BlockCache cache = self.warm_cache
+        cdef CBlockIter blk
+        cdef BlockMeta meta
+        if cache.usage + len(raw) > cache.capacity:
+            return
+        block_iter_init(&blk)
+        try:
+            # The reader's own check of the restart array, so the cached
+            # block is exactly what reading it back would have cached.
+            if block_iter_reset(&blk, <const uint8_t *><const char *>raw, len(raw)) != FDB_OK:
+                return
+            meta.data_end = blk.data_end
+            meta.num_restarts = blk.num_restarts
+            meta.trusted = True
+            cache.insert(self.warm_file, off, raw, &meta)
+        finally:
+            block_iter_free(&blk)
+
     cdef _flush_wbuf(self):
         cdef Py_ssize_t pos = 0, n = len(self.wbuf)
         with memoryview(self.wbuf) as view:
@@ -360,6 +383,15 @@ cdef class TableBuilder:
         self.range_dels.add((start, end, int(seq)))
         if seq < self.min_seq: self.min_seq = seq
         if seq > self.max_seq: self.max_seq = seq
+
+    def warm(self, BlockCache cache, file_number):
+        """Put each data block into `cache` under (file_number, offset) as it
+        is written, while the cache has free room (RocksDB's
+        prepopulate_block_cache): the blocks of a flush are the newest data,
+        the likeliest to be read next, and are already decompressed here.
+        abandon() takes them out again."""
+        self.warm_file = file_number
+        self.warm_cache = cache
 
     @property
     def file_size_estimate(self):
@@ -467,6 +499,9 @@ cdef class TableBuilder:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        if self.warm_cache is not None:
+            self.warm_cache.erase_file(self.warm_file)
+            self.warm_cache = None
         self._free()
 
     def __repr__(self):
