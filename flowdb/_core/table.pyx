@@ -23,7 +23,7 @@ The blocks tile the file: data blocks start at 0 and follow each other; then
 range_del, bloom, props, index, each right after the previous block's trailer;
 the footer right after the index's trailer.  A reader checks all of it.
 """
-import errno
+import errno as _errno
 import os
 import struct
 
@@ -36,6 +36,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from posix.unistd cimport close as c_close
+from libc.errno cimport errno, EAGAIN
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_cmp, fdb_ukey_cmp, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
@@ -517,6 +519,12 @@ PyType_Modified(<PyTypeObject *>TableBuilder)
 
 # -- reader --------------------------------------------------------------------
 
+cdef extern from "fdb_io.h" nogil:
+    ctypedef long ssize_t
+    ssize_t fdb_pread_cached(int fd, void *buf, size_t n, uint64_t off)
+    ssize_t fdb_pread_full(int fd, void *buf, size_t n, uint64_t off)
+
+
 cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
     """The uncompressed length a snappy stream starts with (UINT64_MAX if unreadable)."""
     cdef uint64_t v = 0
@@ -700,10 +708,24 @@ cdef class TableReader(Source):
         """The block stored at offset (size bytes + trailer), checked and
         decompressed."""
         cdef const uint8_t *p
-        if self.fd < 0:
-            raise OSError(errno.EBADF, "table is closed", self.path)
-        raw = os.pread(self.fd, size + BLOCK_TRAILER_SIZE, offset)
-        if len(raw) != size + BLOCK_TRAILER_SIZE:
+        cdef int fd = self.fd, err
+        cdef size_t n = size + BLOCK_TRAILER_SIZE
+        cdef ssize_t got
+        cdef char *buf
+        if fd < 0:
+            raise OSError(_errno.EBADF, "table is closed", self.path)
+        raw = PyBytes_FromStringAndSize(NULL, n)
+        buf = PyBytes_AS_STRING(raw)
+        # From the page cache with the GIL held; from the disk without it
+        # (include/fdb_io.h).
+        got = fdb_pread_cached(fd, buf, n, offset)
+        if got < 0 and errno == EAGAIN:
+            with nogil:
+                got = fdb_pread_full(fd, buf, n, offset)
+        if got < 0:
+            err = errno
+            raise OSError(err, os.strerror(err), self.path)
+        if <size_t>got != n:
             raise self._corrupt(f"{what} cut short", offset)
         typ = raw[size]
         if verify:

@@ -913,6 +913,31 @@ def test_truncated_file(tmp_path):
             TableReader(str(path), 1, None)
 
 
+def test_blocks_read_back_from_the_disk_not_the_page_cache(tmp_path):
+    # A block that is not in the page cache is read by the other path
+    # (fdb_pread_full, without the GIL): same answers.
+    model = series(5, 200)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert scan(r.new_iterator()) == model
+
+
+def test_file_cut_short_after_open(tmp_path):
+    model = series(5, 200)
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=512)
+    r = TableReader(str(path), 1, None)        # footer and index already read
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(CorruptionError, match="cut short"):
+        scan(r.new_iterator())
+
+
 def test_zero_length_file(tmp_path):
     path = tmp_path / "t.sst"
     path.write_bytes(b"")
