@@ -152,6 +152,44 @@ def test_model_round_trip(tmp_path, raw, tgts, block_size, bits):
             assert r.may_contain_key(parse(k)[0])
 
 
+# User keys sharing long prefixes, with remainders on both sides of the
+# 7 bytes an exact normalized prefix holds, and trailing NULs ("ab" < "ab\0"):
+# the index search (norms, then ts, then whole keys) must find what a plain
+# search finds.
+_suffix = st.binary(max_size=10).map(lambda b: bytes(x % 3 for x in b))
+_prefixed_keys = st.sampled_from([b"sensor:", b"sensor:0", b""]).flatmap(
+    lambda p: st.lists(st.tuples(_suffix.map(lambda x: p + x), st.integers(-3, 3)),
+                       min_size=1, max_size=120, unique=True))
+
+
+@HYP
+@given(_prefixed_keys, st.lists(st.tuples(st.sampled_from([b"sensor:", b"sensor:0", b"sensor",
+                                                           b"sensor:\x00\x01", b"sensos", b"s", b""]),
+                                          _suffix, st.integers(-4, 4), st.integers(0, 300)),
+                                max_size=25),
+       st.sampled_from([32, 64, 300]))
+def test_index_search_with_shared_prefixes(tmp_path, keys, tgts, block_size):
+    model = sorted((put(u, ts, seq) for seq, (u, ts) in enumerate(keys, 1)),
+                   key=lambda kv: order(kv[0]))
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=block_size)
+    with TableReader(str(path), 1, BlockCache(1 << 20)) as r:
+        it = r.new_iterator()
+        for p, x, ts, seq in tgts + [(parse(k)[0], b"", parse(k)[1], parse(k)[2])
+                                     for k, _ in model[::5]]:
+            t = ikey(p + x, ts, seq)
+            it.seek(t)
+            assert current(it) == seek(model, t)
+            it.seek_for_prev(t)
+            assert current(it) == seek_for_prev(model, t)
+            want = [v for k, v in model if parse(k)[:2] == (p + x, ts)]
+            got = read.get([r], None, 2**62, 0, p + x, ts)
+            assert (got and got.value) == (want[0][8:] if want else None)
+            latest = [k for k, _ in model if parse(k)[0] == p + x]
+            got = read.get_latest([r], None, 2**62, 0, p + x)
+            assert (got and got.ts) == (max(parse(k)[1] for k in latest) if latest else None)
+
+
 def test_props_and_source_fields(tmp_path):
     model = sorted([put(b"a", 5, 1, b"x", 100), put(b"a", -3, 2, b"yy", 50), delete(b"b", 9, 7),
                     put(b"c", 1, 4, b"", NEVER)], key=lambda kv: order(kv[0]))
