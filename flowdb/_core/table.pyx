@@ -564,11 +564,25 @@ cdef inline uint64_t _norm(const uint8_t *ukey, size_t ulen, size_t skip, bint e
 
 
 cdef inline Py_ssize_t _first_norm(const uint64_t *a, Py_ssize_t lo, Py_ssize_t hi,
-                                   uint64_t v) noexcept nogil:
+                                   uint64_t v, bint after) noexcept nogil:
+    """The first i in [lo, hi) with a[i] >= v (a[i] > v if after), else hi."""
     cdef Py_ssize_t mid
     while lo < hi:
         mid = lo + (hi - lo) // 2
-        if a[mid] < v:
+        if a[mid] < v or (after and a[mid] == v):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _first_ts(const int64_t *a, Py_ssize_t lo, Py_ssize_t hi,
+                                 int64_t v, bint after) noexcept nogil:
+    """As _first_norm, over ts."""
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if a[mid] < v or (after and a[mid] == v):
             lo = mid + 1
         else:
             hi = mid
@@ -584,21 +598,12 @@ cdef Py_ssize_t _index_lower_bound(const IndexSearch *s, const uint8_t *t,
     cdef int64_t tts
     if s.norm != NULL and tu >= s.skip and memcmp(t, s.prefix, s.skip) == 0:
         nt = _norm(t, tu, s.skip, s.ts != NULL)
-        lo = _first_norm(s.norm, 0, s.n, nt)
-        hi = lo
-        while hi < s.n and s.norm[hi] == nt:
-            hi += 1
+        lo = _first_norm(s.norm, 0, s.n, nt, False)
+        hi = _first_norm(s.norm, lo, s.n, nt, True)
         if s.ts != NULL and lo < hi:      # one user key: ts orders the run
             tts = fdb_ikey_ts(t, tn)
-            while lo < hi:
-                mid = lo + (hi - lo) // 2
-                if s.ts[mid] < tts:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            hi = lo
-            while hi < s.n and s.norm[hi] == nt and s.ts[hi] == tts:
-                hi += 1
+            lo = _first_ts(s.ts, lo, hi, tts, False)
+            hi = _first_ts(s.ts, lo, hi, tts, True)
     while lo < hi:
         mid = lo + (hi - lo) // 2
         if fdb_ikey_cmp(s.keys + s.index[mid].key_off, s.index[mid].key_len, t, tn) < 0:
