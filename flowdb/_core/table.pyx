@@ -563,22 +563,14 @@ cdef inline uint64_t _norm(const uint8_t *ukey, size_t ulen, size_t skip, bint e
     return v
 
 
-cdef inline Py_ssize_t _first_norm(const uint64_t *a, Py_ssize_t lo, Py_ssize_t hi,
-                                   uint64_t v, bint after) noexcept nogil:
+ctypedef fused _sorted_key:
+    uint64_t
+    int64_t
+
+
+cdef inline Py_ssize_t _first(const _sorted_key *a, Py_ssize_t lo, Py_ssize_t hi,
+                              _sorted_key v, bint after) noexcept nogil:
     """The first i in [lo, hi) with a[i] >= v (a[i] > v if after), else hi."""
-    cdef Py_ssize_t mid
-    while lo < hi:
-        mid = lo + (hi - lo) // 2
-        if a[mid] < v or (after and a[mid] == v):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-cdef inline Py_ssize_t _first_ts(const int64_t *a, Py_ssize_t lo, Py_ssize_t hi,
-                                 int64_t v, bint after) noexcept nogil:
-    """As _first_norm, over ts."""
     cdef Py_ssize_t mid
     while lo < hi:
         mid = lo + (hi - lo) // 2
@@ -598,12 +590,12 @@ cdef Py_ssize_t _index_lower_bound(const IndexSearch *s, const uint8_t *t,
     cdef int64_t tts
     if s.norm != NULL and tu >= s.skip and memcmp(t, s.prefix, s.skip) == 0:
         nt = _norm(t, tu, s.skip, s.ts != NULL)
-        lo = _first_norm(s.norm, 0, s.n, nt, False)
-        hi = _first_norm(s.norm, lo, s.n, nt, True)
+        lo = _first(s.norm, 0, s.n, nt, False)
+        hi = _first(s.norm, lo, s.n, nt, True)
         if s.ts != NULL and lo < hi:      # one user key: ts orders the run
             tts = fdb_ikey_ts(t, tn)
-            lo = _first_ts(s.ts, lo, hi, tts, False)
-            hi = _first_ts(s.ts, lo, hi, tts, True)
+            lo = _first(s.ts, lo, hi, tts, False)
+            hi = _first(s.ts, lo, hi, tts, True)
     while lo < hi:
         mid = lo + (hi - lo) // 2
         if fdb_ikey_cmp(s.keys + s.index[mid].key_off, s.index[mid].key_len, t, tn) < 0:
