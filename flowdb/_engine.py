@@ -1,7 +1,7 @@
 """Engine: the orchestration of the LSM tree (API.md section 1).
 
-    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync, in a
-                                                  sync thread, overlapping the insert)
+    write_batch --encode (Cython)--> group commit --> WAL segment (+fsync, while
+                                                  a C thread inserts the batch)
                                                   --> active memtable
     memtable full --> frozen memtables --flush--> SSTable + manifest edit
     reads: the current View (memtable, frozen, tables; newest first) at the
@@ -33,7 +33,6 @@ See docs/MAINTENANCE.md for the compaction policy, GC and the time index.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import os
 import threading
@@ -45,7 +44,7 @@ from flowdb._config import Config, ReadOptions, StorageBackendKind
 from flowdb._core import batch as _batch
 from flowdb._core import read as _read
 from flowdb._core.read import ScanIterator
-from flowdb._core.memtable import MemTable
+from flowdb._core.memtable import ApplyThread, MemTable
 from flowdb._core.record import Record
 from flowdb._core.table import TableBuilder, TableReader, build_table
 from flowdb._errors import FlowError, InvalidStateError, NotFoundError
@@ -358,7 +357,7 @@ class Engine:
         self._write_error = None
         self._background_error = None
         self._wal_dirty = False
-        self._sync_pool = None                # flowdb-wal-fsync: see _write_group
+        self._appliers = []                   # idle ApplyThreads: see _apply_group
         self._segment_max_seq = {}
         self._dead_wal = []                   # flushed segments to unlink (_delete_dead_wal)
         self._dead_lock = threading.Lock()
@@ -463,8 +462,8 @@ class Engine:
             self._delete_dead_wal()
         finally:
             self._closed = True
-            if self._sync_pool is not None:
-                self._sync_pool.shutdown()
+            for applier in self._appliers:
+                applier.close()
             try:
                 if self._wal is not None:
                     self._wal.close()
@@ -686,8 +685,8 @@ class Engine:
             time.sleep(0.002)
 
     def _write_group(self, group):
-        """Under _write_lock: room, seqs, the WAL (one write; the fsync
-        started).  Returns the in-flight record (_finish_group's arguments)."""
+        """Under _write_lock: room, seqs, the WAL (one write).  Returns the
+        in-flight record (_finish_group's arguments)."""
         if self._write_error is None and self._manifest.failed:
             # No flush can ever be recorded again: refuse writes now, as
             # after a WAL failure, instead of filling memory until reopen.
@@ -702,19 +701,14 @@ class Engine:
             entries.append((seq, w.payload))
             seq += w.count
         segment = self._wal.current_number
-        syncing = None
         try:
             self._wal.append(entries)
-            if any(w.sync for w in group):
-                # The fsync runs in the sync thread while the group fills the
-                # memtable (without the GIL); the group becomes visible, and
-                # its writers return, only once it is durable.
-                syncing = self._sync_thread().submit(self._wal.sync)
-            else:
-                self._wal_dirty = True
         except Exception as exc:
             self._fail_writes(exc)
             raise self._write_error from exc
+        sync = any(w.sync for w in group)
+        if not sync:
+            self._wal_dirty = True
         self._segment_max_seq[segment] = seq - 1
         # The seqs are used from here on, even if the fsync fails: the
         # memtable may hold the entries (invisible), and a later flush must
@@ -723,23 +717,16 @@ class Engine:
         record = [seq - 1]
         with self._write_cv:
             self._inflight.append(record)
-        return record, self._view.mem, syncing
+        return record, self._view.mem, sync
 
-    def _finish_group(self, group, record, mem, syncing):
-        """Insert the group, wait for its fsync, and publish it after every
-        earlier group (visible_seq only moves forward over whole groups)."""
+    def _finish_group(self, group, record, mem, sync):
+        """Insert the group (and fsync it, if `sync`), and publish it after
+        every earlier group (visible_seq only moves forward over whole groups)."""
         error = None
         try:
-            self._apply_group(group, mem)
+            self._apply_group(group, mem, sync)
         except BaseException as exc:
             error = exc
-        if syncing is not None:
-            try:
-                syncing.result()
-            except BaseException as exc:
-                self._fail_writes(exc)
-                if error is None:
-                    error = self._write_error if isinstance(exc, Exception) else exc
         if error is not None and not isinstance(error, Exception):
             # Interrupted (KeyboardInterrupt...) with inserts perhaps still
             # running: no later group may publish past this one.
@@ -767,9 +754,14 @@ class Engine:
         if error is not None:
             raise error
 
-    def _apply_group(self, group, mem):
+    def _apply_group(self, group, mem, sync):
         """Insert the group into mem: every writer its own batch, in parallel
-        (the inserts run without the GIL); returns once all are in."""
+        (the inserts run without the GIL); returns once all are in.
+
+        With `sync`, the leader's batch goes in on the C apply thread while
+        this thread fsyncs the WAL (os.fdatasync gives the GIL away), so the
+        fsync overlaps the insert without a hand-over between Python
+        threads.  A failed fsync refuses all later writes."""
         leader, followers = group[0], group[1:]
         if followers:
             with self._write_cv:
@@ -777,18 +769,27 @@ class Engine:
                     w.mem = mem
                 self._write_cv.notify_all()
         try:
-            mem.apply_concurrent(leader.payload, leader.seq)
+            if sync:
+                # One per leader at a time (pipelined leaders overlap).
+                applier = self._appliers.pop() if self._appliers else ApplyThread()
+                try:
+                    applier.start(mem, leader.payload, leader.seq)
+                    try:
+                        self._wal.sync()
+                    except Exception as exc:
+                        self._fail_writes(exc)
+                        raise self._write_error from exc
+                    finally:
+                        applier.wait()
+                finally:
+                    self._appliers.append(applier)
+            else:
+                mem.apply_concurrent(leader.payload, leader.seq)
         finally:
             if followers:
                 with self._write_cv:
                     while not all(w.applied for w in followers):
                         self._write_cv.wait()
-
-    def _sync_thread(self):
-        """The thread that runs group-commit fsyncs (created on first use)."""
-        if self._sync_pool is None:
-            self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, "flowdb-wal-fsync")
-        return self._sync_pool
 
     def _fail_writes(self, exc, what="WAL"):
         if self._write_error is None:

@@ -5,6 +5,7 @@ Every refused call leaves the store exactly as it was, also after reopen.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -463,6 +464,30 @@ def test_always_write_is_invisible_until_its_fsync_returns(tmp_path, monkeypatch
         assert e.get(b"k", 1) == R(b"k", 1, b"v")
 
 
+def test_always_insert_runs_during_the_fsync(tmp_path, monkeypatch):
+    # While the group's fsync is held up, its batch is already in the
+    # memtable (inserted by the apply thread), but nobody can read it yet.
+    import threading
+    with Engine.open(str(tmp_path), wal_sync_mode=SyncMode.ALWAYS, auto_background=False) as e:
+        entered, release = _blocking_sync(monkeypatch, e)
+        batch = [R(b"k%04d" % i, 1, b"v") for i in range(2000)]
+        writer = threading.Thread(target=e.write_batch, args=(batch,))
+        writer.start()
+        assert entered.wait(10)
+        it = e._view.mem.new_iterator()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            it.seek_to_first()
+            if sum(1 for _ in it.entries()) == len(batch):
+                break
+        it.seek_to_first()
+        assert sum(1 for _ in it.entries()) == len(batch)
+        assert e.get(b"k0000", 1) is None and writer.is_alive()
+        release.set()
+        writer.join(10)
+        assert e.query_by_prefix(b"k") == batch
+
+
 def test_always_failed_fsync_refuses_writes_and_hides_the_batch(tmp_path, monkeypatch):
     with Engine.open(str(tmp_path), wal_sync_mode=SyncMode.ALWAYS, auto_background=False) as e:
         e.write_batch([R(b"a", 1, b"ok")])
@@ -528,8 +553,8 @@ def test_interrupt_while_inserting_refuses_later_writes_without_deadlock(tmp_pat
         e.write_batch([R(b"a", 1, b"ok")])
         real = Engine._apply_group
 
-        def interrupted(self, group, mem):
-            real(self, group, mem)
+        def interrupted(self, *args):
+            real(self, *args)
             raise KeyboardInterrupt
         monkeypatch.setattr(Engine, "_apply_group", interrupted)
         with pytest.raises(KeyboardInterrupt):

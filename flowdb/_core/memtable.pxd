@@ -8,13 +8,16 @@ concurrently without locks (nodes are published with release stores or CAS,
 read with acquire loads).  Nothing is ever removed, so an iterator stays
 valid while the memtable is alive.
 """
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from flowdb._core.cdefs cimport fdb_iter
 from flowdb._core.iterator cimport Iterator, Source, EntryHit
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef unsigned long pthread_t
 
 # LevelDB's db/skiplist.h parameters: with branching 4, 12 levels keep
 # searches O(log n) up to 4**12 = 16M entries, far above a memtable's size.
@@ -63,6 +66,22 @@ cdef struct MTList:
     MTNode *tail[MT_TAIL_SLOTS][MT_TAIL_LEVELS]
 
 
+# One apply(), planned by its validating pass (MemTable._plan), carried out
+# without the GIL (_insert_points) and accounted with it (MemTable._applied).
+cdef struct ApplyPlan:
+    MTList *list
+    const uint8_t *buf         # the payload: its owner keeps it alive
+    size_t n
+    uint64_t seq_start
+    size_t count               # entries of every kind
+    size_t npoints             # PUT and DELETE entries (skiplist nodes)
+    size_t nranges
+    size_t range_bytes
+    int64_t min_ts
+    int64_t max_ts
+    int status                 # FDB_OK, or FDB_ERR_NOMEM from the insert
+
+
 cdef class MemTable(Source):
     # Bytes held by the arena (keys, values, nodes): what memtable_size_mb
     # bounds.  Bytes in use, alignment and abandoned chunk tails included,
@@ -83,11 +102,36 @@ cdef class MemTable(Source):
     # The body of apply() (strict: seqs above every earlier one) and of
     # apply_concurrent() (the caller guarantees disjoint seqs).
     cdef size_t _apply(self, bytes payload, uint64_t seq_start, bint strict) except? 0
+    cdef int _plan(self, bytes payload, uint64_t seq_start, bint strict,
+                   ApplyPlan *plan) except -1
+    cdef size_t _applied(self, bytes payload, ApplyPlan *plan) except? 0
     # Source's point reads, straight on the skiplist (iterator.pxd).
     cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
                              bint verify_checksums, EntryHit *hit)
     cdef object find_floor(self, const uint8_t *target, size_t tn, uint64_t snapshot,
                            bint fill_cache, bint verify_checksums, EntryHit *hit)
+
+
+# What an ApplyThread and its C thread share (under mutex).
+cdef struct ApplyShared:
+    pthread_mutex_t mutex
+    pthread_cond_t cond
+    int state                  # APPLY_IDLE, APPLY_PENDING, APPLY_DONE, APPLY_STOP
+    ApplyPlan plan
+
+
+cdef class ApplyThread:
+    """A C thread that applies one batch at a time to a memtable while the
+    caller does something else (the engine: the group's fsync).  It needs
+    no GIL, so nothing is handed between Python threads."""
+    cdef pthread_t thread
+    cdef ApplyShared shared    # the thread's only view of this object
+    cdef bint running          # the thread exists
+    cdef bint closed
+    cdef MemTable mem          # the batch in progress: kept alive until wait()
+    cdef bytes payload
+
+    cdef void _stop(self) noexcept
 
 
 # The C state of a MemTableIterator; `base` first, as the protocol requires.

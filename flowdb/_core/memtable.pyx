@@ -22,13 +22,20 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
-from flowdb._core.memtable cimport pthread_mutex_t
+from flowdb._core.memtable cimport pthread_mutex_t, pthread_cond_t, pthread_t
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_create(pthread_t *t, const void *attr, void *(*run)(void *) noexcept nogil,
+                       void *arg)
+    int pthread_join(pthread_t t, void **ret)
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
     FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
@@ -101,6 +108,8 @@ cdef enum:
     # apply() prefetches the tail hint 2 * PREFETCH entries ahead, and that
     # hint's level-0 successor PREFETCH entries ahead (it is cached by then).
     PREFETCH = 4
+    # Payloads this large are validated without the GIL.
+    PLAN_NOGIL_BYTES = 1 << 20
     # Bytes of an MTNode before its next[] array.
     NODE_HEADER = sizeof(MTNode) - sizeof(MTNode *)
 
@@ -388,6 +397,77 @@ cdef void _insert(MTList *l, MTNode *n, int h, size_t slot, MTSplice *sp) noexce
 
 # -- MemTable ----------------------------------------------------------------
 
+cdef int _scan_batch(BatchReader *r, ApplyPlan *plan) noexcept nogil:
+    """Pass 1 of an apply: validate plan's payload, counting its entries
+    into plan; r is left where a problem was found (batch_error)."""
+    cdef BatchEntry e
+    cdef int st = batch_reader_init(r, plan.buf, plan.n)
+    while st == FDB_OK and r.index < r.count:
+        st = batch_reader_next(r, &e)
+        if st != FDB_OK:
+            break
+        if e.kind == FDB_KIND_RANGE_DEL:
+            plan.nranges += 1
+            plan.range_bytes += e.key_len + e.value_len
+        else:
+            plan.npoints += 1
+            if e.ts < plan.min_ts:
+                plan.min_ts = e.ts
+            if e.ts > plan.max_ts:
+                plan.max_ts = e.ts
+    if st == FDB_OK:
+        st = batch_reader_finish(r)
+    return st
+
+
+cdef void _insert_points(ApplyPlan *plan) noexcept nogil:
+    """Pass 2 of an apply: build every node first, then link them, so that
+    running out of memory leaves no half-applied batch (unlinked nodes are
+    only wasted arena bytes).  Sets plan.status."""
+    cdef MTList *l = plan.list
+    cdef size_t npoints = plan.npoints, i = 0
+    cdef MTNode **nodes = <MTNode **>malloc(npoints * sizeof(MTNode *))
+    cdef int *heights = <int *>malloc(npoints * sizeof(int))
+    cdef size_t *slots = <size_t *>malloc(npoints * sizeof(size_t))
+    cdef BatchReader r
+    cdef BatchEntry e
+    cdef MTNode *x
+    cdef MTSplice sp
+    sp.last = NULL
+    sp.height = 0
+    plan.status = FDB_OK
+    if nodes == NULL or heights == NULL or slots == NULL:
+        plan.status = FDB_ERR_NOMEM
+    else:
+        batch_reader_init(&r, plan.buf, plan.n)
+        pthread_mutex_lock(&l.arena_lock)
+        while r.index < r.count:
+            batch_reader_next(&r, &e)
+            if e.kind != FDB_KIND_RANGE_DEL:
+                nodes[i] = _new_node(l, &e, plan.seq_start + r.index - 1, &heights[i])
+                if nodes[i] == NULL:
+                    plan.status = FDB_ERR_NOMEM
+                    break
+                i += 1
+        pthread_mutex_unlock(&l.arena_lock)
+    if plan.status == FDB_OK:
+        for i in range(npoints):
+            slots[i] = _tail_slot(nodes[i].key, nodes[i].key_len)
+        for i in range(npoints):
+            # The tail hints of the next entries, and their successors, are
+            # cache misses: start them early.
+            if i + 2 * PREFETCH < npoints:
+                __builtin_prefetch(mt_load_tail(l.tail[slots[i + 2 * PREFETCH]][0]))
+            if i + PREFETCH < npoints:
+                x = mt_load_tail(l.tail[slots[i + PREFETCH]][0])
+                if x != NULL:
+                    __builtin_prefetch(mt_load_next(x, 0))
+            _insert(l, nodes[i], heights[i], slots[i], &sp)
+    free(nodes)
+    free(heights)
+    free(slots)
+
+
 cdef class MemTable(Source):
     """MemTable() -> an empty memtable.  See memtable.pxd for thread safety."""
 
@@ -433,122 +513,83 @@ cdef class MemTable(Source):
         return self._apply(payload, seq_start, False)
 
     cdef size_t _apply(self, bytes payload, uint64_t seq_start, bint strict) except? 0:
+        cdef ApplyPlan plan
+        self._plan(payload, seq_start, strict, &plan)
+        if plan.npoints:
+            with nogil:
+                _insert_points(&plan)
+        return self._applied(payload, &plan)
+
+    cdef int _plan(self, bytes payload, uint64_t seq_start, bint strict,
+                   ApplyPlan *plan) except -1:
+        """Pass 1: validate the whole payload (nothing is touched before it
+        passes) and fill in plan for _insert_points and _applied."""
         cdef const uint8_t *buf = <const uint8_t *>PyBytes_AS_STRING(payload)
         cdef size_t n = PyBytes_GET_SIZE(payload)
         cdef BatchReader r
-        cdef BatchEntry e
-        cdef int st = FDB_OK, h
-        cdef size_t npoints = 0, nranges = 0, i, range_bytes = 0
-        cdef int64_t min_ts = INT64_MAX, max_ts = INT64_MIN
-        cdef MTList *l = self.list
-        cdef MTNode **nodes = NULL
-        cdef int *heights = NULL
-        cdef size_t *slots = NULL
-        cdef MTNode *x
-        cdef MTSplice sp
-        sp.last = NULL
-        sp.height = 0
-
-        # Pass 1: validate the whole payload; nothing is touched before it passes.
-        with nogil:
-            st = batch_reader_init(&r, buf, n)
-            while st == FDB_OK and r.index < r.count:
-                st = batch_reader_next(&r, &e)
-                if st != FDB_OK:
-                    break
-                if e.kind == FDB_KIND_RANGE_DEL:
-                    nranges += 1
-                    range_bytes += e.key_len + e.value_len
-                else:
-                    npoints += 1
-                    if e.ts < min_ts:
-                        min_ts = e.ts
-                    if e.ts > max_ts:
-                        max_ts = e.ts
-            if st == FDB_OK:
-                st = batch_reader_finish(&r)
+        cdef int st = FDB_OK
+        plan.list = self.list
+        plan.buf = buf
+        plan.n = n
+        plan.seq_start = seq_start
+        plan.count = plan.npoints = plan.nranges = plan.range_bytes = 0
+        plan.min_ts = INT64_MAX
+        plan.max_ts = INT64_MIN
+        plan.status = FDB_OK
+        # A few microseconds for a typical batch: cheaper with the GIL held
+        # than giving it away and waiting to win it back.
+        if n > PLAN_NOGIL_BYTES:
+            with nogil:
+                st = _scan_batch(&r, plan)
+        else:
+            st = _scan_batch(&r, plan)
         if st != FDB_OK:
             raise batch_error(&r)
-        cdef size_t count = r.count
-        if count == 0:
+        plan.count = r.count
+        if plan.count == 0:
+            plan.npoints = 0
             return 0
         if seq_start == 0:
             raise ValueError("seq_start must be >= 1 (seq 0 means 'none')")
         if strict and self.last_seq != 0 and seq_start <= self.last_seq:
             raise ValueError(f"seq_start={seq_start} is not above the last applied "
                              f"seq {self.last_seq}")
-        if seq_start > FDB_MAX_SEQ or count - 1 > FDB_MAX_SEQ - seq_start:
-            raise ValueError(f"seqs {seq_start}..{seq_start + count - 1} exceed "
+        if seq_start > FDB_MAX_SEQ or plan.count - 1 > FDB_MAX_SEQ - seq_start:
+            raise ValueError(f"seqs {seq_start}..{seq_start + plan.count - 1} exceed "
                              f"the 56-bit MAX_SEQ")
+        return 0
 
-        # Pass 2: build every node first, then link them, so that running out
-        # of memory leaves no half-applied batch (unlinked nodes are only
-        # wasted arena bytes).
-        if npoints:
-            nodes = <MTNode **>malloc(npoints * sizeof(MTNode *))
-            heights = <int *>malloc(npoints * sizeof(int))
-            slots = <size_t *>malloc(npoints * sizeof(size_t))
-            if nodes == NULL or heights == NULL or slots == NULL:
-                free(nodes)
-                free(heights)
-                free(slots)
-                raise MemoryError()
-            try:
-                with nogil:
-                    batch_reader_init(&r, buf, n)
-                    i = 0
-                    pthread_mutex_lock(&l.arena_lock)
-                    while r.index < r.count:
-                        batch_reader_next(&r, &e)
-                        if e.kind != FDB_KIND_RANGE_DEL:
-                            nodes[i] = _new_node(l, &e, seq_start + r.index - 1, &heights[i])
-                            if nodes[i] == NULL:
-                                st = FDB_ERR_NOMEM
-                                break
-                            i += 1
-                    pthread_mutex_unlock(&l.arena_lock)
-                    if st == FDB_OK:
-                        for i in range(npoints):
-                            slots[i] = _tail_slot(nodes[i].key, nodes[i].key_len)
-                        for i in range(npoints):
-                            # The tail hints of the next entries, and their
-                            # successors, are cache misses: start them early.
-                            if i + 2 * PREFETCH < npoints:
-                                __builtin_prefetch(mt_load_tail(l.tail[slots[i + 2 * PREFETCH]][0]))
-                            if i + PREFETCH < npoints:
-                                x = mt_load_tail(l.tail[slots[i + PREFETCH]][0])
-                                if x != NULL:
-                                    __builtin_prefetch(mt_load_next(x, 0))
-                            _insert(l, nodes[i], heights[i], slots[i], &sp)
-            finally:
-                free(nodes)
-                free(heights)
-                free(slots)
-                self.approximate_bytes = _memory_used(l) + self._range_bytes
-            if st != FDB_OK:
-                raise MemoryError("memtable arena allocation failed")
-
-        if nranges:
-            batch_reader_init(&r, buf, n)
+    cdef size_t _applied(self, bytes payload, ApplyPlan *plan) except? 0:
+        """Pass 3, with the GIL: the range deletes and the counters (concurrent
+        applies update these one at a time)."""
+        cdef BatchReader r
+        cdef BatchEntry e
+        cdef uint64_t seq_start = plan.seq_start
+        cdef size_t count = plan.count
+        self.approximate_bytes = _memory_used(self.list) + self._range_bytes
+        if plan.status != FDB_OK:
+            raise MemoryError("memtable arena allocation failed")
+        if count == 0:
+            return 0
+        if plan.nranges:
+            batch_reader_init(&r, plan.buf, plan.n)
             while r.index < r.count:
                 batch_reader_next(&r, &e)
                 if e.kind == FDB_KIND_RANGE_DEL:
                     self.range_dels.append(((<const char *>e.key)[:e.key_len],
                                             (<const char *>e.value)[:e.value_len],
                                             seq_start + r.index - 1))
-        self._range_bytes += range_bytes
-
-        # With the GIL held: concurrent applies update these one at a time.
-        self.approximate_bytes = _memory_used(l) + self._range_bytes
+        self._range_bytes += plan.range_bytes
+        self.approximate_bytes = _memory_used(self.list) + self._range_bytes
         self.num_entries += count
         if self.first_seq == 0 or seq_start < self.first_seq:
             self.first_seq = seq_start
         if seq_start + count - 1 > self.last_seq:
             self.last_seq = seq_start + count - 1
-        if min_ts < self.min_ts:
-            self.min_ts = min_ts
-        if max_ts > self.max_ts:
-            self.max_ts = max_ts
+        if plan.min_ts < self.min_ts:
+            self.min_ts = plan.min_ts
+        if plan.max_ts > self.max_ts:
+            self.max_ts = plan.max_ts
         return count
 
     cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
@@ -581,6 +622,102 @@ cdef class MemTable(Source):
             entry_hit(n.key, n.key_len, n.key + n.key_len, n.value_len,
                       target, tn, HIT_SAME_UKEY, hit)
         return self if hit.found else None
+
+
+# -- ApplyThread ------------------------------------------------------------
+
+cdef enum:
+    APPLY_IDLE = 0
+    APPLY_PENDING = 1
+    APPLY_DONE = 2
+    APPLY_STOP = 3
+
+
+cdef void *_apply_thread_main(void *arg) noexcept nogil:
+    # Lives in the ApplyThread, whose __dealloc__ joins this thread.
+    cdef ApplyShared *t = <ApplyShared *>arg
+    pthread_mutex_lock(&t.mutex)
+    while True:
+        while t.state != APPLY_PENDING and t.state != APPLY_STOP:
+            pthread_cond_wait(&t.cond, &t.mutex)
+        if t.state == APPLY_STOP:
+            break
+        pthread_mutex_unlock(&t.mutex)
+        _insert_points(&t.plan)
+        pthread_mutex_lock(&t.mutex)
+        t.state = APPLY_DONE
+        pthread_cond_broadcast(&t.cond)
+    pthread_mutex_unlock(&t.mutex)
+    return NULL
+
+
+cdef class ApplyThread:
+    """ApplyThread(): start(mem, payload, seq_start) begins what
+    mem.apply_concurrent(payload, seq_start) does, on a C thread, and
+    returns at once; wait() waits for it and returns what apply_concurrent
+    would have (or raises what it would have).  One batch at a time; every
+    start() must be followed by wait().  close() ends the thread."""
+
+    def __cinit__(self):
+        pthread_mutex_init(&self.shared.mutex, NULL)
+        pthread_cond_init(&self.shared.cond, NULL)
+
+    def start(self, MemTable mem not None, bytes payload not None,
+              unsigned long long seq_start):
+        """Validate the batch here (raising as apply_concurrent does, with
+        nothing started), then insert it on the thread."""
+        if self.closed:
+            raise RuntimeError("the ApplyThread is closed")
+        if self.mem is not None:
+            raise RuntimeError("ApplyThread.start() before wait() of the previous batch")
+        mem._plan(payload, seq_start, False, &self.shared.plan)
+        if self.shared.plan.npoints and not self.running:
+            if pthread_create(&self.thread, NULL, _apply_thread_main, &self.shared) != 0:
+                raise OSError("could not start the memtable apply thread")
+            self.running = True
+        self.mem, self.payload = mem, payload
+        with nogil:
+            pthread_mutex_lock(&self.shared.mutex)
+            self.shared.state = APPLY_PENDING if self.shared.plan.npoints else APPLY_DONE
+            pthread_cond_broadcast(&self.shared.cond)
+            pthread_mutex_unlock(&self.shared.mutex)
+
+    def wait(self):
+        """Wait for the batch start() began; returns its number of entries."""
+        if self.mem is None:
+            raise RuntimeError("ApplyThread.wait() without start()")
+        with nogil:
+            pthread_mutex_lock(&self.shared.mutex)
+            while self.shared.state != APPLY_DONE:
+                pthread_cond_wait(&self.shared.cond, &self.shared.mutex)
+            self.shared.state = APPLY_IDLE
+            pthread_mutex_unlock(&self.shared.mutex)
+        mem, payload = self.mem, self.payload
+        self.mem = self.payload = None
+        return mem._applied(payload, &self.shared.plan)
+
+    def close(self):
+        """End the thread (after the batch in progress); idempotent."""
+        self.closed = True
+        self._stop()
+
+    cdef void _stop(self) noexcept:
+        if not self.running:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.shared.mutex)
+            while self.shared.state == APPLY_PENDING:
+                pthread_cond_wait(&self.shared.cond, &self.shared.mutex)
+            self.shared.state = APPLY_STOP
+            pthread_cond_broadcast(&self.shared.cond)
+            pthread_mutex_unlock(&self.shared.mutex)
+            pthread_join(self.thread, NULL)
+        self.running = False
+
+    def __dealloc__(self):
+        self._stop()
+        pthread_cond_destroy(&self.shared.cond)
+        pthread_mutex_destroy(&self.shared.mutex)
 
 
 # -- MemTableIterator --------------------------------------------------------

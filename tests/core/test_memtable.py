@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from flowdb._core import batch as B
 from flowdb._core.coding import compare_ikeys, make_ikey, parse_ikey
 from flowdb._core.iterator import Iterator, Source
-from flowdb._core.memtable import MemTable, MemTableIterator
+from flowdb._core.memtable import ApplyThread, MemTable, MemTableIterator
 from flowdb._core.record import NEVER, Record
 from flowdb._errors import CorruptionError
 
@@ -508,3 +508,74 @@ def test_apply_concurrent_from_many_threads_matches_the_model():
     model.first_seq, model.last_seq = 1, writers * batches * size
     model.num = writers * batches * size
     check_equal(mem, model)
+
+
+# -- ApplyThread ---------------------------------------------------------------------
+
+@settings(max_examples=100)
+@given(batches, st.integers(0, 3))
+def test_apply_thread_matches_the_model(batch_list, gap):
+    # start() + wait() is apply_concurrent() on another thread: same entries,
+    # range deletes, counters and return values; one thread serves every batch.
+    mem, model, applier = MemTable(), Model(), ApplyThread()
+    seq = 1
+    for ops in batch_list:
+        payload = encode(ops)
+        applier.start(mem, payload, seq)
+        assert applier.wait() == len(ops)
+        model.apply(B.decode_batch(payload), seq)
+        seq += len(ops) + gap
+    applier.close()
+    check_equal(mem, model)
+
+
+def test_apply_thread_inserts_while_the_caller_runs():
+    # The entries go in on the thread, before wait(); the counters in wait().
+    mem, applier = MemTable(), ApplyThread()
+    payload = B.encode_puts([Record(b"s:%04d" % i, i, b"v" * 50) for i in range(20000)])[0]
+    applier.start(mem, payload, 1)
+    spins = 0
+    while len(dump(mem)) < 20000:
+        spins += 1
+    assert len(mem) == 0                 # the counters are the caller's, in wait()
+    assert applier.wait() == 20000
+    assert len(mem) == 20000 and (mem.first_seq, mem.last_seq) == (1, 20000)
+    applier.close()
+
+
+def test_apply_thread_refuses_a_bad_batch_before_starting():
+    mem, applier = MemTable(), ApplyThread()
+    with pytest.raises(CorruptionError):
+        applier.start(mem, b"\x05\x00\x00\x00garbage", 1)
+    with pytest.raises(ValueError, match="seq_start"):
+        applier.start(mem, B.encode_puts([Record(b"k", 1, b"v")])[0], 0)
+    with pytest.raises(RuntimeError, match="without start"):
+        applier.wait()
+    assert state(mem) == state(MemTable())
+    applier.start(mem, B.encode_puts([Record(b"k", 1, b"v")])[0], 1)   # still usable
+    assert applier.wait() == 1
+
+
+def test_apply_thread_takes_one_batch_at_a_time_and_refuses_after_close():
+    mem, applier = MemTable(), ApplyThread()
+    payload = B.encode_puts([Record(b"k", 1, b"v")])[0]
+    applier.start(mem, payload, 1)
+    with pytest.raises(RuntimeError, match="before wait"):
+        applier.start(mem, payload, 2)
+    assert applier.wait() == 1
+    applier.close()
+    applier.close()                      # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        applier.start(mem, payload, 3)
+    assert len(mem) == 1
+
+
+def test_apply_thread_dropped_mid_batch_finishes_it_first():
+    # Freed without wait(): __dealloc__ joins the thread after the batch, so
+    # the memtable and payload it uses stay alive until then.
+    mem = MemTable()
+    applier = ApplyThread()
+    applier.start(mem, B.encode_puts([Record(b"s:%05d" % i, 1, b"v") for i in range(50000)])[0], 1)
+    del applier
+    gc.collect()
+    assert len(dump(mem)) == 50000
