@@ -290,8 +290,11 @@ class Snapshot:
         self.close()
 
 
-class Engine:
-    """An open flowdb store.  Create with Engine.open(); see API.md."""
+class Engine(_read.EngineReads):
+    """An open flowdb store.  Create with Engine.open(); see API.md.
+
+    get and get_latest are inherited from EngineReads (C methods); they read
+    _view, _visible_seq, _closed and _read_stats, which live there."""
 
     # ---- opening and closing -------------------------------------------
 
@@ -1203,13 +1206,6 @@ class Engine:
         seq = self._visible_seq            # read before the view: see the module doc
         return self._view, seq
 
-    def get(self, key, ts):
-        """The record at exactly (key, ts), or None."""
-        if self._closed:                   # a background failure is a writer's news
-            self._check_open()
-        seq = self._visible_seq            # before the view: see the module doc
-        return self._view.reader.get(key, ts, seq, self._read_stats)
-
     def get_sync(self, key, ts):
         """As get, but never raises for a missing record or a read error: None."""
         try:
@@ -1218,13 +1214,6 @@ class Engine:
             raise
         except (FlowError, OSError):
             return None
-
-    def get_latest(self, key):
-        """The live record of key with the greatest ts, or None."""
-        if self._closed:                   # a background failure is a writer's news
-            self._check_open()
-        seq = self._visible_seq            # before the view: see the module doc
-        return self._view.reader.get_latest(key, seq, self._read_stats)
 
     def scan(self, range: ScanRange) -> ScanIterator:
         return self.scan_opt(range, ReadOptions())

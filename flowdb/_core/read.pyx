@@ -530,10 +530,13 @@ cdef class PointReader:
         """The live Record at exactly (key, ts) as of `snapshot`, or None.
         key and ts are checked as Record() checks them; stats, if given,
         counts the read (ReadStats)."""
+        return self._counted_get(key, ts, _clamp_seq(snapshot), stats)
+
+    cdef object _counted_get(self, key, ts, uint64_t snapshot, ReadStats stats):
         cdef bytes k = check_key(key, "key")
         cdef int64_t t = check_i64(ts, "ts")
         cdef int64_t started = _mono_ns() if stats is not None else 0
-        record = self._get(k, t, _clamp_seq(snapshot), _NOW_UNREAD, True, True)
+        record = self._get(k, t, snapshot, _NOW_UNREAD, True, True)
         if stats is not None:
             stats.done(started, record is not None)
         return record
@@ -553,12 +556,45 @@ cdef class PointReader:
 
     def get_latest(self, key, unsigned long long snapshot, ReadStats stats=None):
         """The live Record of `key` with the greatest ts as of `snapshot`, or None."""
+        return self._counted_get_latest(key, _clamp_seq(snapshot), stats)
+
+    cdef object _counted_get_latest(self, key, uint64_t snapshot, ReadStats stats):
         cdef bytes k = check_key(key, "key")
         cdef int64_t started = _mono_ns() if stats is not None else 0
-        record = self._get_latest(k, _clamp_seq(snapshot), _NOW_UNREAD, True, True)
+        record = self._get_latest(k, snapshot, _NOW_UNREAD, True, True)
         if stats is not None:
             stats.done(started, record is not None)
         return record
+
+
+cdef class EngineReads:
+    """The base class of flowdb.Engine: its point reads as C methods, so
+    that a get costs no Python frame.  The engine keeps here what they read:
+    its current view (an object whose .reader is a PointReader), the last
+    published seq, whether it is closed, and the stats reads count into."""
+    cdef public object _view
+    cdef public unsigned long long _visible_seq
+    cdef public bint _closed
+    cdef public ReadStats _read_stats
+
+    def __cinit__(self, *args, **kwargs):
+        self._closed = True                # until the engine has opened
+
+    def get(self, key, ts):
+        """The record at exactly (key, ts), or None."""
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
+        cdef uint64_t seq = self._visible_seq    # before the view: see flowdb._engine
+        return (<PointReader?>self._view.reader)._counted_get(key, ts, _clamp_seq(seq),
+                                                              self._read_stats)
+
+    def get_latest(self, key):
+        """The live record of key with the greatest ts, or None."""
+        if self._closed:
+            self._check_open()
+        cdef uint64_t seq = self._visible_seq
+        return (<PointReader?>self._view.reader)._counted_get_latest(key, _clamp_seq(seq),
+                                                                     self._read_stats)
 
 
 def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,
