@@ -173,3 +173,31 @@ def test_bad_flowdb_config_is_refused(compare, item, capsys):
     with pytest.raises(SystemExit) as info:
         compare.main(["--flowdb-config", item])
     assert info.value.code == 2 and "--flowdb-config" in capsys.readouterr().err
+
+
+class _LateWrongLatest(_EmptyScans):
+    """Wraps flowdb's adapter; one get_latest, late in the row, answers None."""
+
+    def __init__(self, inner, wrong_call):
+        super().__init__(inner)
+        self.calls, self.wrong_call = 0, wrong_call
+
+    def get_latest(self, key):
+        self.calls += 1
+        return None if self.calls == self.wrong_call else self._inner.get_latest(key)
+
+
+def test_every_get_latest_chunk_is_checked(compare, tmp_path):
+    from flowdb._demo import SensorWorkload, VerificationError, ingest
+
+    w = SensorWorkload(3000, 100, 100)
+    engine = compare.Flowdb(str(tmp_path / "db"), "interval")
+    try:
+        ingest(engine, w, engine.make)
+        assert compare._timed_get_latest(engine, w, 25) > 0      # 3 chunks, all right
+        late = _LateWrongLatest(engine, 25 * w.series - 7)       # in the last chunk
+        with pytest.raises(VerificationError, match="get_latest"):
+            compare._timed_get_latest(late, w, 25)
+        assert late.calls == 25 * w.series
+    finally:
+        engine.close()
