@@ -126,12 +126,14 @@ cdef class ApplyThread:
     no GIL, so nothing is handed between Python threads."""
     cdef pthread_t thread
     cdef ApplyShared shared    # the thread's only view of this object
-    cdef bint running          # the thread exists
+    cdef bint running          # the thread exists (in process owner_pid)
+    cdef int owner_pid
     cdef bint closed
     cdef MemTable mem          # the batch in progress: kept alive until wait()
     cdef bytes payload
 
     cdef void _stop(self) noexcept
+    cdef void _forget_if_forked(self) noexcept
 
 
 # The C state of a MemTableIterator; `base` first, as the protocol requires.

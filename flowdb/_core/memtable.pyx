@@ -36,6 +36,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *t, const void *attr, void *(*run)(void *) noexcept nogil,
                        void *arg)
     int pthread_join(pthread_t t, void **ret)
+from posix.unistd cimport getpid
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_iter_init, fdb_ikey_cmp, fdb_ikey_write, fdb_put_u64le,
     FDB_OK, FDB_ERR_NOMEM, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
@@ -670,28 +671,35 @@ cdef class ApplyThread:
             raise RuntimeError("the ApplyThread is closed")
         if self.mem is not None:
             raise RuntimeError("ApplyThread.start() before wait() of the previous batch")
+        self._forget_if_forked()
         mem._plan(payload, seq_start, False, &self.shared.plan)
         if self.shared.plan.npoints and not self.running:
             if pthread_create(&self.thread, NULL, _apply_thread_main, &self.shared) != 0:
                 raise OSError("could not start the memtable apply thread")
             self.running = True
+            self.owner_pid = getpid()
         self.mem, self.payload = mem, payload
-        with nogil:
-            pthread_mutex_lock(&self.shared.mutex)
-            self.shared.state = APPLY_PENDING if self.shared.plan.npoints else APPLY_DONE
-            pthread_cond_broadcast(&self.shared.cond)
-            pthread_mutex_unlock(&self.shared.mutex)
+        # The thread holds the mutex only for a few instructions: taking it
+        # with the GIL held costs less than giving the GIL away.
+        pthread_mutex_lock(&self.shared.mutex)
+        self.shared.state = APPLY_PENDING if self.shared.plan.npoints else APPLY_DONE
+        pthread_cond_broadcast(&self.shared.cond)
+        pthread_mutex_unlock(&self.shared.mutex)
 
     def wait(self):
         """Wait for the batch start() began; returns its number of entries."""
         if self.mem is None:
             raise RuntimeError("ApplyThread.wait() without start()")
-        with nogil:
-            pthread_mutex_lock(&self.shared.mutex)
-            while self.shared.state != APPLY_DONE:
-                pthread_cond_wait(&self.shared.cond, &self.shared.mutex)
-            self.shared.state = APPLY_IDLE
+        pthread_mutex_lock(&self.shared.mutex)
+        if self.shared.state != APPLY_DONE:
+            # Still inserting: wait without the GIL.
             pthread_mutex_unlock(&self.shared.mutex)
+            with nogil:
+                pthread_mutex_lock(&self.shared.mutex)
+                while self.shared.state != APPLY_DONE:
+                    pthread_cond_wait(&self.shared.cond, &self.shared.mutex)
+        self.shared.state = APPLY_IDLE
+        pthread_mutex_unlock(&self.shared.mutex)
         mem, payload = self.mem, self.payload
         self.mem = self.payload = None
         return mem._applied(payload, &self.shared.plan)
@@ -701,7 +709,17 @@ cdef class ApplyThread:
         self.closed = True
         self._stop()
 
+    cdef void _forget_if_forked(self) noexcept:
+        # In a child forked while the thread existed, the thread stayed in
+        # the parent, and the mutex may have been copied locked.
+        if self.running and getpid() != self.owner_pid:
+            pthread_mutex_init(&self.shared.mutex, NULL)
+            pthread_cond_init(&self.shared.cond, NULL)
+            self.shared.state = APPLY_IDLE
+            self.running = False
+
     cdef void _stop(self) noexcept:
+        self._forget_if_forked()
         if not self.running:
             return
         with nogil:

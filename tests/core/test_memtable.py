@@ -579,3 +579,26 @@ def test_apply_thread_dropped_mid_batch_finishes_it_first():
     del applier
     gc.collect()
     assert len(dump(mem)) == 50000
+
+
+def test_apply_thread_works_in_a_forked_child():
+    # The thread stays in the parent: the child's ApplyThread starts its own.
+    import os
+    mem, applier = MemTable(), ApplyThread()
+    applier.start(mem, B.encode_puts([Record(b"a", 1, b"v")])[0], 1)
+    assert applier.wait() == 1
+    pid = os.fork()
+    if pid == 0:                         # the child: exit code 0 only if it all works
+        import signal
+        signal.alarm(20)                 # a wait() that hangs kills the child
+        ok = False
+        try:
+            applier.start(mem, B.encode_puts([Record(b"b", 1, b"v")])[0], 2)
+            ok = applier.wait() == 1 and len(dump(mem)) == 2
+            applier.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    applier.start(mem, B.encode_puts([Record(b"c", 1, b"v")])[0], 3)   # the parent's still works
+    assert applier.wait() == 1 and len(dump(mem)) == 2
