@@ -572,7 +572,8 @@ cdef class EngineReads:
     that a get costs no Python frame.  The engine keeps here what they read:
     its current view (an object whose .reader is a PointReader), the last
     published seq, whether it is closed, and the stats reads count into."""
-    cdef public object _view
+    cdef object _current_view
+    cdef PointReader _reader            # _current_view.reader
     cdef public unsigned long long _visible_seq
     cdef public bint _closed
     cdef public ReadStats _read_stats
@@ -580,21 +581,28 @@ cdef class EngineReads:
     def __cinit__(self, *args, **kwargs):
         self._closed = True                # until the engine has opened
 
+    @property
+    def _view(self):
+        return self._current_view
+
+    @_view.setter
+    def _view(self, view):
+        self._reader = None if view is None else view.reader
+        self._current_view = view
+
     def get(self, key, ts):
         """The record at exactly (key, ts), or None."""
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
         cdef uint64_t seq = self._visible_seq    # before the view: see flowdb._engine
-        return (<PointReader?>self._view.reader)._counted_get(key, ts, _clamp_seq(seq),
-                                                              self._read_stats)
+        return self._reader._counted_get(key, ts, _clamp_seq(seq), self._read_stats)
 
     def get_latest(self, key):
         """The live record of key with the greatest ts, or None."""
         if self._closed:
             self._check_open()
         cdef uint64_t seq = self._visible_seq
-        return (<PointReader?>self._view.reader)._counted_get_latest(key, _clamp_seq(seq),
-                                                                     self._read_stats)
+        return self._reader._counted_get_latest(key, _clamp_seq(seq), self._read_stats)
 
 
 def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,
