@@ -1,11 +1,16 @@
 """The write-ahead log: segment files NNNNNN.wal (docs/FORMAT.md, "WAL").
 
     segment := header record*
-    header  := magic:8 = "FLOWWAL\\x00"  version:u32le = 1  reserved:u32le = 0
-    record  := crc:u32le length:u32le seq_start:u64le batch
+    header  := magic:8 = "FLOWWAL\\x00"  version:u32le = 2  reserved:u32le = 0
+    record  := crc:u32le length:u32le seq_start:u64le synced:u64le batch
                # length = size of batch
-               # crc    = crc32c(length | seq_start | batch)   (the 12 + length bytes after crc)
+               # synced = how many bytes of this segment were durable (fsynced)
+               #          when the record was written; <= the record's offset
+               # crc    = crc32c(length | seq_start | synced | batch)
     batch   := count:u32le entry{count}                          (see "Batch payload")
+
+Version 1 segments (records without `synced`) are still read, under the
+rules below minus the one that needs `synced`.
 
 One record holds one batch, so a batch is applied whole or not at all.  A
 segment is closed once it exceeds the segment size (a record is never
@@ -14,9 +19,12 @@ segment can have a torn tail.
 
 Recovery (read_wal) reads the segments in file-number order.  A record that
 is cut short, is malformed, or fails its checksum is
-- a torn tail when it is in the newest segment and no valid record starts at
-  any later byte offset: the segment is truncated at the record's offset
-  (only that batch is lost);
+- a torn tail when it is in the newest segment and no later valid record
+  (one starting at any later byte offset) says that the bad record's bytes
+  were durable when it was written (its `synced` is past the bad record's
+  offset): the bad bytes were not known to be on disk, so they are a write
+  the crash cut short, or pages the disk persisted out of order.  The
+  segment is truncated at the bad record's offset;
 - corruption otherwise: CorruptionError naming the segment and the offset.
 A segment whose header is wrong is corruption, except a newest segment that
 is shorter than its header or holds only zero bytes: a torn creation,
@@ -24,16 +32,18 @@ deleted.
 
 "Valid record" (the torn-tail test and the reader agree on it): the record
 fits in the file, 4 <= length, 1 <= seq_start, seq_start + count - 1 < 2**56
-(seqs are 56-bit), count * MIN_ENTRY_SIZE <= length - 4, and the checksum
-matches.  Every record WalWriter.append writes satisfies the non-checksum
-conditions (it refuses anything else), so they only discard byte strings
-that no flowdb ever wrote; they make the forward scan cheap.
+(seqs are 56-bit), count * MIN_ENTRY_SIZE <= length - 4, header size <=
+synced <= the record's offset, and the checksum matches.  Every record
+WalWriter.append writes satisfies the non-checksum conditions (it refuses
+anything else), so they only discard byte strings that no flowdb ever
+wrote; they make the forward scan cheap.
 
 Thread safety: WalWriter.append and close serialise on an internal lock;
 sync() may run in another thread at the same time as append (it fsyncs a
 duplicate of the current segment's descriptor, so a concurrent rotation
 cannot close it underneath).  sync() makes durable every record whose
-append() returned before sync() was called.  Readers (read_wal) must not
+append() returned before sync() was called, and once it returns, the
+records appended next say so in `synced`.  Readers (read_wal) must not
 run on a directory a writer is appending to.
 """
 from __future__ import annotations
@@ -50,18 +60,30 @@ from flowdb._fileio import fsync_dir, parse_name, wal_name, write_all
 
 # Constants of the format: never renumber.
 WAL_MAGIC = b"FLOWWAL\x00"
-WAL_VERSION = 1
+WAL_VERSION = 2                        # what WalWriter writes; read_wal reads 1 and 2
 WAL_HEADER_SIZE = 8 + 4 + 4            # magic, version, reserved
-RECORD_HEADER_SIZE = 4 + 4 + 8         # crc, length, seq_start
+RECORD_HEADER_SIZE = 4 + 4 + 8 + 8     # crc, length, seq_start, synced
 BATCH_COUNT_SIZE = 4                   # batch := count:u32le entry{count}
 MIN_ENTRY_SIZE = 1 + 1 + 1 + 8         # kind, key_len varint, 1-byte key, ts (a DELETE)
 MAX_SEQ = (1 << 56) - 1                # seqs are 56-bit (trailer = seq << 8 | kind)
-MIN_RECORD_SIZE = RECORD_HEADER_SIZE + BATCH_COUNT_SIZE
 
 _HEADER = struct.Struct("<8sII")       # magic, version, reserved
-_RECORD = struct.Struct("<IIQ")        # crc, length, seq_start
-_LEN_SEQ = struct.Struct("<IQ")        # the crc'd part of the record header
+_RECORD = struct.Struct("<IIQQ")       # crc, length, seq_start, synced
+_CRCD_HEADER = struct.Struct("<IQQ")   # the crc'd part of the record header
 _U32 = struct.Struct("<I")
+
+
+class _Layout:
+    """How one WAL version lays out a record header."""
+
+    def __init__(self, header: struct.Struct, has_synced: bool):
+        self.header = header                       # crc, length, seq_start[, synced]
+        self.size = header.size
+        self.has_synced = has_synced
+        self.min_record = header.size + BATCH_COUNT_SIZE
+
+
+_LAYOUTS = {1: _Layout(struct.Struct("<IIQ"), False), WAL_VERSION: _Layout(_RECORD, True)}
 _NONZERO = re.compile(rb"[^\x00]")
 
 _UNUSABLE = "WAL is unusable after an earlier I/O error; reopen the engine"
@@ -88,19 +110,21 @@ def _header_problem(length: int, seq_start: int, count: int | None):
     return None
 
 
-def _encode_batch(records) -> bytes:
-    """The WAL records for [(seq_start, payload), ...], concatenated (the append hot path)."""
+def _encode_batch(records, synced: int) -> bytes:
+    """The WAL records for [(seq_start, payload), ...], concatenated (the append hot path).
+
+    `synced`: the bytes of the segment durable before the first of them is written."""
     parts = []
     add = parts.append
-    pack_len_seq, pack_record, count_of = _LEN_SEQ.pack, _RECORD.pack, _U32.unpack_from
+    pack_crcd, pack_record, count_of = _CRCD_HEADER.pack, _RECORD.pack, _U32.unpack_from
     for seq_start, payload in records:
         length = len(payload)
         if (length < BATCH_COUNT_SIZE or length > 0xFFFFFFFF or not 1 <= seq_start <= MAX_SEQ
                 or count_of(payload, 0)[0] * MIN_ENTRY_SIZE > length - BATCH_COUNT_SIZE
                 or seq_start + count_of(payload, 0)[0] > MAX_SEQ + 1):
             _refuse(seq_start, payload)
-        add(pack_record(crc32c(payload, value=crc32c(pack_len_seq(length, seq_start))),
-                        length, seq_start))
+        add(pack_record(crc32c(payload, value=crc32c(pack_crcd(length, seq_start, synced))),
+                        length, seq_start, synced))
         add(payload)
     return b"".join(parts)
 
@@ -113,9 +137,10 @@ def _refuse(seq_start, payload):
     raise ValueError(f"not a valid WAL record: {_header_problem(length, seq_start, count)}")
 
 
-def encode_record(seq_start: int, payload) -> bytes:
-    """One WAL record for (seq_start, batch payload); ValueError if the reader would refuse it."""
-    return _encode_batch(((seq_start, payload),))
+def encode_record(seq_start: int, payload, synced: int = WAL_HEADER_SIZE) -> bytes:
+    """One WAL record for (seq_start, batch payload); ValueError if the reader would refuse it
+    (but for `synced`, which must not pass the offset the record is written at)."""
+    return _encode_batch(((seq_start, payload),), synced)
 
 
 def encode_header() -> bytes:
@@ -207,6 +232,7 @@ class WalWriter:
             self._fd, self._size = self._open_existing(file_number)
         else:
             self._fd, self._size = self._create(file_number), WAL_HEADER_SIZE
+        self._synced = self._size              # bytes of the current segment known durable
         self._number = file_number
         self._segments.append(file_number)
 
@@ -242,9 +268,9 @@ class WalWriter:
         closes).  When the segment then exceeds segment_size_bytes it is
         fsynced and the next segment is created.
         """
-        buf = _encode_batch(records)
         with self._append_lock:
             self._check_usable()
+            buf = _encode_batch(records, self._synced)
             if not buf:
                 return 0
             try:
@@ -274,6 +300,7 @@ class WalWriter:
         with self._swap_lock:
             self._check_usable()
             fd = os.dup(self._fd)
+            number, size = self._number, self._size
         try:
             _datasync(fd)
         except OSError as exc:
@@ -281,6 +308,9 @@ class WalWriter:
             raise
         finally:
             os.close(fd)
+        with self._swap_lock:
+            if self._number == number and size > self._synced:
+                self._synced = size
 
     def close(self) -> None:
         """fsync and close the current segment; idempotent.
@@ -334,8 +364,11 @@ class WalWriter:
         fd = os.open(path, os.O_RDWR)
         try:
             head = os.pread(fd, WAL_HEADER_SIZE, 0)
-            _check_header(head, path)
+            if _check_header(head, path) != WAL_VERSION:
+                raise ValueError(f"{path} is a WAL version {_HEADER.unpack_from(head)[1]} segment; "
+                                 f"a writer appends to version {WAL_VERSION} segments only")
             size = os.lseek(fd, 0, os.SEEK_END)
+            os.fsync(fd)                       # its records claim what is durable before them
         except BaseException:
             os.close(fd)
             raise
@@ -356,6 +389,7 @@ class WalWriter:
         with self._swap_lock:
             old_fd = self._fd
             self._fd, self._number, self._size = new_fd, number, WAL_HEADER_SIZE
+            self._synced = WAL_HEADER_SIZE
             self._segments.append(number)
         os.close(old_fd)
 
@@ -368,53 +402,61 @@ class WalWriter:
 # recovery
 # --------------------------------------------------------------------------
 
-def _check_header(head, path):
+def _check_header(head, path) -> int:
+    """The segment's version, or CorruptionError."""
     if len(head) < WAL_HEADER_SIZE:
         raise CorruptionError(f"WAL segment is shorter than its header ({len(head)} bytes)", path, 0)
     magic, version, reserved = _HEADER.unpack_from(head, 0)
     if magic != WAL_MAGIC:
         raise CorruptionError(f"bad WAL magic {magic!r}", path, 0)
-    if version != WAL_VERSION:
-        raise CorruptionError(f"unsupported WAL version {version} (this flowdb reads version "
-                              f"{WAL_VERSION})", path, 8)
+    if version not in _LAYOUTS:
+        raise CorruptionError(f"unsupported WAL version {version} (this flowdb reads versions "
+                              f"{', '.join(map(str, sorted(_LAYOUTS)))})", path, 8)
     if reserved != 0:
         raise CorruptionError(f"WAL header reserved field is {reserved}, not 0", path, 12)
+    return version
 
 
-def _record_problem(data, view, off: int):
+def _record_problem(data, view, off: int, layout: _Layout):
     """None if a valid record starts at `off`, else why not."""
     n = len(data)
     left = n - off
-    if left < RECORD_HEADER_SIZE:
-        return f"cut short: {left} bytes left, a record header is {RECORD_HEADER_SIZE}"
-    crc, length, seq_start = _RECORD.unpack_from(data, off)
-    end = off + RECORD_HEADER_SIZE + length
+    size = layout.size
+    if left < size:
+        return f"cut short: {left} bytes left, a record header is {size}"
+    fields = layout.header.unpack_from(data, off)
+    crc, length, seq_start = fields[0], fields[1], fields[2]
+    end = off + size + length
     if end > n:
-        return f"cut short: length {length} but {left - RECORD_HEADER_SIZE} bytes left"
-    count = _U32.unpack_from(data, off + RECORD_HEADER_SIZE)[0] if length >= BATCH_COUNT_SIZE else 0
+        return f"cut short: length {length} but {left - size} bytes left"
+    count = _U32.unpack_from(data, off + size)[0] if length >= BATCH_COUNT_SIZE else 0
     problem = _header_problem(length, seq_start, count)
     if problem is not None:
         return f"malformed header: {problem}"
+    if layout.has_synced and not WAL_HEADER_SIZE <= fields[3] <= off:
+        return f"malformed header: synced {fields[3]} is past the record's offset"
     if crc32c(view[off + 4:end]) != crc:
         return "checksum mismatch"
     return None
 
 
-def _next_valid_record(data, view, start: int):
+def _next_valid_record(data, view, start: int, layout: _Layout):
     """The smallest offset >= start where a valid record starts, or None.
 
-    Every byte offset is a candidate, but only those whose seq_start has a
-    zero top byte (seq < 2**56) and whose length field is nonzero can hold
-    one, so bytes.find and a regex skip the rest at C speed; runs of zeros
-    (a preallocated or unwritten tail) are skipped whole.
+    Every byte offset is a candidate, but only those whose header's last
+    byte is zero (the top byte of seq_start, < 2**56, or of synced, <= the
+    offset) and whose length field is nonzero can hold one, so bytes.find
+    and a regex skip the rest at C speed; runs of zeros (a preallocated or
+    unwritten tail) are skipped whole.
     """
-    last = len(data) - MIN_RECORD_SIZE
+    top = layout.size - 1
+    last = len(data) - layout.min_record
     off = start
     while off <= last:
-        p = data.find(b"\x00", off + RECORD_HEADER_SIZE - 1)
+        p = data.find(b"\x00", off + top)
         if p < 0:
             return None
-        off = p - (RECORD_HEADER_SIZE - 1)
+        off = p - top
         if off > last:
             return None
         if _U32.unpack_from(data, off + 4)[0] == 0:
@@ -424,9 +466,24 @@ def _next_valid_record(data, view, start: int):
                 return None
             off = max(off + 1, m.start() - 7)
             continue
-        if _record_problem(data, view, off) is None:
+        if _record_problem(data, view, off, layout) is None:
             return off
         off += 1
+    return None
+
+
+def _durable_proof(data, view, bad: int, start: int, layout: _Layout):
+    """The offset of the first valid record at or after `start` whose synced
+    passes `bad` (it was written after a sync that covered the bad record),
+    or None."""
+    off = start
+    while off is not None:
+        fields = layout.header.unpack_from(data, off)
+        if fields[3] > bad:
+            return off
+        off += layout.size + fields[1]
+        if _record_problem(data, view, off, layout) is not None:
+            off = _next_valid_record(data, view, off + 1, layout)
     return None
 
 
@@ -484,28 +541,34 @@ class WalRecovery:
             self.deleted_segments.append(number)
             self.torn_bytes += n
             return
-        _check_header(data[:WAL_HEADER_SIZE], path)
+        layout = _LAYOUTS[_check_header(data[:WAL_HEADER_SIZE], path)]
         view = memoryview(data)
         off = WAL_HEADER_SIZE
         while off < n:
-            problem = _record_problem(data, view, off)
+            problem = _record_problem(data, view, off, layout)
             if problem is None:
-                _crc, length, seq_start = _RECORD.unpack_from(data, off)
-                body = off + RECORD_HEADER_SIZE
+                fields = layout.header.unpack_from(data, off)
+                body = off + layout.size
                 self.records += 1
-                yield number, off, seq_start, data[body:body + length]
-                off = body + length
+                yield number, off, fields[2], data[body:body + fields[1]]
+                off = body + fields[1]
                 continue
-            later = _next_valid_record(data, view, off + 1)
-            if newest and later is None:
+            later = _next_valid_record(data, view, off + 1, layout)
+            proof = later
+            if later is not None and layout.has_synced:
+                proof = _durable_proof(data, view, off, later, layout)
+            if newest and proof is None:
                 self.torn_segment, self.torn_offset, self.torn_bytes = number, off, n - off
                 if self.repair:
                     repair_torn_tail(path, off)
                 return
-            if later is not None:
-                why = f"WAL record {problem}; a valid record follows at offset {later}"
-            else:
+            if not newest:
                 why = f"WAL record {problem}, in a segment that is not the newest"
+            elif layout.has_synced:
+                why = (f"WAL record {problem}, but the record at offset {proof} was written "
+                       f"after these bytes were fsynced")
+            else:
+                why = f"WAL record {problem}; a valid record follows at offset {later}"
             raise CorruptionError(why, path, off)
 
 

@@ -48,9 +48,11 @@ def test_wal_header_matches():
     assert doc_int(r'"FLOWWAL\\x00"  version:u32le = (\d+)') == _wal.WAL_VERSION
     # magic 8 + version 4 + reserved 4
     assert _wal.WAL_HEADER_SIZE == 8 + 4 + 4
-    # crc 4 + length 4 + seq_start 8
-    assert _wal.RECORD_HEADER_SIZE == 4 + 4 + 8
-    assert "record  := crc:u32le length:u32le seq_start:u64le batch" in DOC
+    # crc 4 + length 4 + seq_start 8 + synced 8
+    assert _wal.RECORD_HEADER_SIZE == 4 + 4 + 8 + 8
+    assert "record  := crc:u32le length:u32le seq_start:u64le synced:u64le batch" in DOC
+    assert "(the 20 + length bytes after crc)" in DOC
+    assert sorted(_wal._LAYOUTS) == [1, 2] and _wal._LAYOUTS[1].size == 4 + 4 + 8
     assert doc_int(r"`count \* (\d+) <= length - 4`") == _wal.MIN_ENTRY_SIZE
 
 

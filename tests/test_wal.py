@@ -47,17 +47,26 @@ class Counter:
         return n
 
 
-def write_records(dir, n, *, segment_size=1 << 20, size=40, first=1):
-    """n single-record appends to segment `first`; returns [(seq, payload, offset)]."""
+def write_records(dir, n, *, segment_size=1 << 20, size=40, first=1, sync=True):
+    """n single-record appends to segment `first`, each fsynced (as under
+    SyncMode.ALWAYS) unless sync=False; returns [(seq, payload, offset)]."""
     out = []
     w = WalWriter(dir, first, segment_size, Counter(first + 1))
     for i in range(n):
         off = os.path.getsize(segment_path(dir, w.current_number))
         p = payload(i, size)
         w.append([(i + 1, p)])
+        if sync:
+            w.sync()
         out.append((i + 1, p, off))
     w.close()
     return out
+
+
+def encode_v1_record(seq_start, p):
+    """A record of a version 1 segment: crc, length, seq_start, batch (no synced)."""
+    body = struct.pack("<IQ", len(p), seq_start) + p
+    return struct.pack("<I", crc32c(body)) + body
 
 
 def read_all(dir, **kw):
@@ -68,14 +77,14 @@ def read_all(dir, **kw):
 # -- byte format -------------------------------------------------------------------
 
 def test_header_is_byte_exact():
-    assert wal.encode_header() == b"FLOWWAL\x00" + b"\x01\x00\x00\x00" + b"\x00\x00\x00\x00"
-    assert WAL_HEADER_SIZE == 16 and wal.RECORD_HEADER_SIZE == 16
+    assert wal.encode_header() == b"FLOWWAL\x00" + b"\x02\x00\x00\x00" + b"\x00\x00\x00\x00"
+    assert WAL_HEADER_SIZE == 16 and wal.RECORD_HEADER_SIZE == 24
 
 
 def test_record_is_byte_exact():
     p = struct.pack("<I", 1) + b"k" * 11
-    expect_body = struct.pack("<IQ", len(p), 7) + p
-    assert encode_record(7, p) == struct.pack("<I", crc32c(expect_body)) + expect_body
+    expect_body = struct.pack("<IQQ", len(p), 7, 40) + p
+    assert encode_record(7, p, 40) == struct.pack("<I", crc32c(expect_body)) + expect_body
 
 
 def test_new_segment_holds_only_the_header(tmp_path):
@@ -342,7 +351,7 @@ def test_damaged_middle_record_raises_corruption_naming_file_and_offset(tmp_path
     assert info.value.path == path
     assert info.value.offset == off
     assert path in str(info.value) and f"offset {off}" in str(info.value)
-    assert f"valid record follows at offset {written[3][2]}" in str(info.value)
+    assert f"the record at offset {written[3][2]} was written after" in str(info.value)
     assert open(path, "rb").read() == bytes(data)  # nothing repaired
 
 
@@ -479,6 +488,137 @@ def test_nonzero_reserved_field_is_corruption(tmp_path):
 def test_reuse_of_a_segment_with_a_bad_header_raises(tmp_path):
     open(segment_path(tmp_path, 1), "wb").write(b"NOTAWAL\x00" + bytes(8))
     with pytest.raises(CorruptionError):
+        WalWriter(tmp_path, 1, 1 << 20, Counter(2), reuse=True)
+
+
+# -- what a record says was durable (version 2) ----------------------------------------------
+
+def _synced_field(data, off):
+    return struct.unpack_from("<Q", data, off + 16)[0]
+
+
+def test_a_record_says_how_much_of_its_segment_was_synced_before_it(tmp_path):
+    w = WalWriter(tmp_path, 1, 300, Counter(2))
+    w.append([(1, payload(1))])
+    end1 = os.path.getsize(segment_path(tmp_path, 1))
+    w.sync()
+    w.append([(2, payload(2))])                      # after the sync: everything before it
+    w.append([(3, payload(3))])                      # no sync since: the same
+    seg1 = open(segment_path(tmp_path, 1), "rb").read()
+    offs = [o for o, _ in wal_record_spans(seg1)]
+    assert [_synced_field(seg1, o) for o in offs] == [WAL_HEADER_SIZE, end1, end1]
+    while w.current_number == 1:
+        w.append([(4, payload(4))])
+    w.append([(5, payload(5))])                      # a new segment starts from its header
+    w.close()
+    seg2 = open(segment_path(tmp_path, w.current_number), "rb").read()
+    assert _synced_field(seg2, WAL_HEADER_SIZE) == WAL_HEADER_SIZE
+
+
+def wal_record_spans(data):
+    """[(offset, size)] of the records of a version 2 segment's bytes."""
+    out, off = [], WAL_HEADER_SIZE
+    while off < len(data):
+        length = struct.unpack_from("<I", data, off + 4)[0]
+        out.append((off, wal.RECORD_HEADER_SIZE + length))
+        off += wal.RECORD_HEADER_SIZE + length
+    return out
+
+
+@pytest.mark.parametrize("damage", ["zeros", "flip"])
+def test_bad_bytes_no_later_record_says_were_synced_are_a_torn_tail(tmp_path, damage):
+    """Pages persisted out of order leave a hole before later records, none
+    of which was written after the hole's bytes were fsynced."""
+    written = write_records(tmp_path, 5, sync=False)
+    path = segment_path(tmp_path, 1)
+    data = bytearray(open(path, "rb").read())
+    off, end = written[2][2], written[3][2]
+    if damage == "zeros":
+        data[off:end] = bytes(end - off)
+    else:
+        data[off + 30] ^= 0x10
+    open(path, "wb").write(bytes(data))
+    got, rec = read_all(tmp_path)
+    assert [q for _s, _o, q, _p in got] == [1, 2]
+    assert rec.torn_offset == off and rec.torn_bytes == len(data) - off
+    assert os.path.getsize(path) == off
+
+
+def _synced_in_steps(dir):
+    """R1..R3, fsync, R4..R6, fsync, R7; returns the offsets of R1..R7 and the file's end."""
+    w = WalWriter(dir, 1, 1 << 20, Counter(2))
+    offs = []
+    for seq in range(1, 8):
+        offs.append(os.path.getsize(segment_path(dir, 1)))
+        w.append([(seq, payload(seq))])
+        if seq in (3, 6):
+            w.sync()
+    w.close()
+    return offs, os.path.getsize(segment_path(dir, 1))
+
+
+@pytest.mark.parametrize("bad,proof", [(1, 3), (4, 6), (5, 6)])
+def test_bad_bytes_a_later_record_says_were_synced_are_corruption(tmp_path, bad, proof):
+    offs, _ = _synced_in_steps(tmp_path)
+    path = segment_path(tmp_path, 1)
+    data = bytearray(open(path, "rb").read())
+    data[offs[bad] + 30] ^= 0x10                     # R(bad+1) damaged
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CorruptionError) as info:
+        list(read_wal(tmp_path, [1]))
+    assert info.value.offset == offs[bad]
+    assert f"the record at offset {offs[proof]} was written after" in str(info.value)
+    assert open(path, "rb").read() == bytes(data)    # nothing repaired
+
+
+def test_without_the_record_that_proves_the_sync_the_damage_is_a_torn_tail(tmp_path):
+    offs, _ = _synced_in_steps(tmp_path)
+    path = segment_path(tmp_path, 1)
+    data = bytearray(open(path, "rb").read()[:offs[6]])      # R7 never reached the disk
+    data[offs[4] + 30] ^= 0x10                               # R5 damaged, R6 intact
+    open(path, "wb").write(bytes(data))
+    got, rec = read_all(tmp_path)
+    assert [q for _s, _o, q, _p in got] == [1, 2, 3, 4] and rec.torn_offset == offs[4]
+
+
+def test_a_record_claiming_bytes_after_it_were_synced_is_not_valid(tmp_path):
+    write_records(tmp_path, 2)
+    path = segment_path(tmp_path, 1)
+    end = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(encode_record(3, payload(3), end + 1))
+    got, rec = read_all(tmp_path)
+    assert [q for _s, _o, q, _p in got] == [1, 2] and rec.torn_offset == end
+
+
+def _v1_segment(path, records):
+    header = struct.pack("<8sII", b"FLOWWAL\x00", 1, 0)
+    data = header + b"".join(encode_v1_record(q, p) for q, p in records)
+    open(path, "wb").write(data)
+    return data
+
+
+def test_version_1_segments_are_read_under_the_version_1_rules(tmp_path):
+    path = segment_path(tmp_path, 1)
+    records = [(i + 1, payload(i)) for i in range(4)]
+    data = _v1_segment(path, records)
+    got, _ = read_all(tmp_path, repair=False)
+    assert [(q, p) for _s, _o, q, p in got] == records
+    rec_size = len(encode_v1_record(1, payload(0)))
+    damaged = bytearray(data)
+    damaged[WAL_HEADER_SIZE + rec_size + 20] ^= 1            # the second record
+    open(path, "wb").write(bytes(damaged))
+    with pytest.raises(CorruptionError) as info:              # a valid record follows it
+        list(read_wal(tmp_path, [1]))
+    assert info.value.offset == WAL_HEADER_SIZE + rec_size and "valid record follows" in str(info.value)
+    open(path, "wb").write(data[:-3])                         # a torn last record
+    got, rec = read_all(tmp_path)
+    assert [q for _s, _o, q, _p in got] == [1, 2, 3] and rec.torn_offset == len(data) - rec_size
+
+
+def test_a_writer_does_not_append_to_a_version_1_segment(tmp_path):
+    _v1_segment(segment_path(tmp_path, 1), [(1, payload(1))])
+    with pytest.raises(ValueError, match="version 1"):
         WalWriter(tmp_path, 1, 1 << 20, Counter(2), reuse=True)
 
 
@@ -707,19 +847,22 @@ def test_read_wal_of_no_segments_yields_nothing(tmp_path):
 
 # -- the forward scan against a brute-force reference -----------------------------------------------
 
-def _brute_next_valid(data, start):
+def _brute_next_valid(data, start, layout):
     view = memoryview(data)
     for off in range(start, len(data)):
-        if wal._record_problem(data, view, off) is None:
+        if wal._record_problem(data, view, off, layout) is None:
             return off
     return None
 
 
-def test_forward_scan_matches_brute_force_on_damaged_streams():
+@pytest.mark.parametrize("version", [1, 2])
+def test_forward_scan_matches_brute_force_on_damaged_streams(version):
     rnd = random.Random(2024)
+    layout = wal._LAYOUTS[version]
+    encode = encode_v1_record if version == 1 else encode_record
     for trial in range(150):
-        stream = b"".join(encode_record(i + 1, payload(i, rnd.randrange(11, 60)))
-                          for i in range(rnd.randrange(1, 6)))
+        stream = wal.encode_header() + b"".join(encode(i + 1, payload(i, rnd.randrange(11, 60)))
+                                                for i in range(rnd.randrange(1, 6)))
         data = bytearray(stream)
         for _ in range(rnd.randrange(1, 4)):
             kind = rnd.randrange(3)
@@ -732,5 +875,5 @@ def test_forward_scan_matches_brute_force_on_damaged_streams():
                 data[pos:pos] = rnd.randbytes(rnd.randrange(1, 20))
         data = bytes(data)
         for start in range(0, len(data), 7):
-            assert wal._next_valid_record(data, memoryview(data), start) == \
-                _brute_next_valid(data, start), (trial, start)
+            assert wal._next_valid_record(data, memoryview(data), start, layout) == \
+                _brute_next_valid(data, start, layout), (trial, start)

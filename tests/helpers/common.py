@@ -85,7 +85,7 @@ def run_python(code: str, *args, timeout=120) -> subprocess.CompletedProcess:
 # record := crc:u32le length:u32le seq_start:u64le batch
 
 WAL_HEADER = 16
-WAL_RECORD_HEADER = 16  # crc 4 + length 4 + seq_start 8
+WAL_RECORD_HEADER = 24  # crc 4 + length 4 + seq_start 8 + synced 8 (version 2)
 
 
 def wal_files(data_dir) -> list[Path]:

@@ -15,8 +15,11 @@ in a child process only) with wrappers that
   or replaced durable files come back from hard links kept aside), cut every
   file back to its durable size (keep="none", LevelDB style) or to a random
   length between its durable and current size (keep="random": a torn,
-  prefix-persisted write), then os._exit(POWER_CUT_EXIT) while holding the
-  layer's lock, so no other thread of the process does any more I/O;
+  prefix-persisted write), or keep the size but zero a random subset of the
+  unsynced 4 KiB pages (keep="holes": a file system or disk that persists
+  pages out of order, such as ext4 data=writeback or a drive's write
+  cache), then os._exit(POWER_CUT_EXIT) while holding the layer's lock, so
+  no other thread of the process does any more I/O;
 - fail chosen calls: Rule(op, match, after, errno, times) makes the
   (after+1)-th call of `op` on a path containing `match` raise
   OSError(errno), `times` times (None: forever).
@@ -35,6 +38,7 @@ import threading
 from dataclasses import dataclass
 
 POWER_CUT_EXIT = 77
+PAGE = 4096
 _OPS = ("open", "write", "fsync", "fdatasync", "close", "dup", "rename", "replace",
         "unlink", "truncate", "ftruncate")
 _real = {name: getattr(os, name) for name in _OPS}
@@ -275,7 +279,23 @@ class FaultFS:
             path = os.path.join(d, name)
             size = os.stat(path).st_size
             durable_size = self.synced.get(ino, size)
-            if size > durable_size:
+            if size > durable_size and keep == "holes":
+                self._punch_holes(path, durable_size, size)
+            elif size > durable_size:
                 cut = durable_size if keep == "none" else self.rng.randint(durable_size, size)
                 _real["truncate"](path, cut)
         self.dropped = True
+
+    def _punch_holes(self, path, start, end):
+        """Zero a random subset (maybe none, maybe all) of the pages of [start, end)."""
+        lost = self.rng.random()
+        fd = _real["open"](path, os.O_WRONLY)
+        try:
+            page = start - start % PAGE
+            while page < end:
+                lo, hi = max(page, start), min(page + PAGE, end)
+                if self.rng.random() < lost:
+                    os.pwrite(fd, bytes(hi - lo), lo)
+                page += PAGE
+        finally:
+            _real["close"](fd)

@@ -110,15 +110,18 @@ def test_wal_records_match_format(wal_store):
     [wal] = wal_files(pristine)
     data = wal.read_bytes()
     assert data[:8] == b"FLOWWAL\x00"
-    assert struct.unpack_from("<II", data, 8) == (1, 0)
+    assert struct.unpack_from("<II", data, 8) == (2, 0)
     recs = wal_records(wal)
     assert len(recs) == n
     assert recs[-1][0] + recs[-1][1] == len(data), "garbage after the last record"
     seqs = [struct.unpack_from("<Q", data, off + 8)[0] for off, _ in recs]
-    counts = [struct.unpack_from("<I", data, off + 16)[0] for off, _ in recs]
+    synced = [struct.unpack_from("<Q", data, off + 16)[0] for off, _ in recs]
+    counts = [struct.unpack_from("<I", data, off + WAL_RECORD_HEADER)[0] for off, _ in recs]
     assert counts == [len(batch(j)) for j in range(n)]
     assert seqs[0] >= 1
     assert all(seqs[i + 1] == seqs[i] + counts[i] for i in range(n - 1))
+    # ALWAYS: each batch was fsynced before the next was written
+    assert synced == [16] + [off for off, _ in recs[1:]]
 
 
 # ------------------------------------------------------------ WAL: torn tail
