@@ -573,7 +573,10 @@ cdef class EngineReads:
     its current view (an object whose .reader is a PointReader), the last
     published seq, whether it is closed, and the stats reads count into."""
     cdef object _current_view
-    cdef PointReader _reader            # _current_view.reader
+    # _current_view.reader.  A read must hold its own reference while it runs:
+    # a block read releases the GIL, and a flush may meanwhile publish a new
+    # view, dropping the last reference to this one.
+    cdef PointReader _reader
     cdef public unsigned long long _visible_seq
     cdef public bint _closed
     cdef public ReadStats _read_stats
@@ -595,14 +598,16 @@ cdef class EngineReads:
         if self._closed:                   # a background failure is a writer's news
             self._check_open()
         cdef uint64_t seq = self._visible_seq    # before the view: see flowdb._engine
-        return self._reader._counted_get(key, ts, _clamp_seq(seq), self._read_stats)
+        cdef PointReader reader = self._reader   # our own reference: see _reader
+        return reader._counted_get(key, ts, _clamp_seq(seq), self._read_stats)
 
     def get_latest(self, key):
         """The live record of key with the greatest ts, or None."""
         if self._closed:
             self._check_open()
         cdef uint64_t seq = self._visible_seq
-        return self._reader._counted_get_latest(key, _clamp_seq(seq), self._read_stats)
+        cdef PointReader reader = self._reader   # our own reference: see _reader
+        return reader._counted_get_latest(key, _clamp_seq(seq), self._read_stats)
 
 
 def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,

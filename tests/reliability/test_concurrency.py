@@ -16,6 +16,7 @@ import pytest
 from helpers.common import FULL, child_env
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "concurrency_child.py")
+VIEW_SWAP_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "view_swap_child.py")
 
 
 def run(tmp_path, seconds, seed):
@@ -40,6 +41,19 @@ def run(tmp_path, seconds, seed):
 
 def test_concurrent_readers_writers_and_maintenance(tmp_path):
     run(tmp_path, 30 if FULL else 6, seed=1)
+
+
+def test_point_reads_while_flushes_publish_new_views(tmp_path):
+    """get and get_latest hold their own reference to the view's reader: a
+    block read releases the GIL, and a flush may publish a new view, and
+    drop the engine's reference, meanwhile.  (Borrowing it crashed this
+    child within 3 s, every time.)"""
+    p = subprocess.run([sys.executable, "-X", "faulthandler", VIEW_SWAP_CHILD, str(tmp_path / "db"),
+                        "10" if FULL else "3"], env=child_env(), capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, f"child failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
+    ok, reads, flushes = p.stdout.split()
+    assert ok == "ok" and int(reads) > 0 and int(flushes) > 10, p.stdout
 
 
 @pytest.mark.slow
