@@ -364,8 +364,9 @@ class WalWriter:
         fd = os.open(path, os.O_RDWR)
         try:
             head = os.pread(fd, WAL_HEADER_SIZE, 0)
-            if _check_header(head, path) != WAL_VERSION:
-                raise ValueError(f"{path} is a WAL version {_HEADER.unpack_from(head)[1]} segment; "
+            version = _check_header(head, path)
+            if version != WAL_VERSION:
+                raise ValueError(f"{path} is a WAL version {version} segment; "
                                  f"a writer appends to version {WAL_VERSION} segments only")
             size = os.lseek(fd, 0, os.SEEK_END)
             os.fsync(fd)                       # its records claim what is durable before them

@@ -20,6 +20,7 @@ import pytest
 from crc32c import crc32c
 
 import flowdb._wal as wal
+from helpers.common import wal_records
 from flowdb._errors import CorruptionError, FlowError
 from flowdb._fileio import wal_name
 from flowdb._wal import (WAL_HEADER_SIZE, WalWriter, delete_segments, encode_record,
@@ -505,7 +506,7 @@ def test_a_record_says_how_much_of_its_segment_was_synced_before_it(tmp_path):
     w.append([(2, payload(2))])                      # after the sync: everything before it
     w.append([(3, payload(3))])                      # no sync since: the same
     seg1 = open(segment_path(tmp_path, 1), "rb").read()
-    offs = [o for o, _ in wal_record_spans(seg1)]
+    offs = [o for o, _ in wal_records(segment_path(tmp_path, 1))]
     assert [_synced_field(seg1, o) for o in offs] == [WAL_HEADER_SIZE, end1, end1]
     while w.current_number == 1:
         w.append([(4, payload(4))])
@@ -513,16 +514,6 @@ def test_a_record_says_how_much_of_its_segment_was_synced_before_it(tmp_path):
     w.close()
     seg2 = open(segment_path(tmp_path, w.current_number), "rb").read()
     assert _synced_field(seg2, WAL_HEADER_SIZE) == WAL_HEADER_SIZE
-
-
-def wal_record_spans(data):
-    """[(offset, size)] of the records of a version 2 segment's bytes."""
-    out, off = [], WAL_HEADER_SIZE
-    while off < len(data):
-        length = struct.unpack_from("<I", data, off + 4)[0]
-        out.append((off, wal.RECORD_HEADER_SIZE + length))
-        off += wal.RECORD_HEADER_SIZE + length
-    return out
 
 
 @pytest.mark.parametrize("damage", ["zeros", "flip"])
