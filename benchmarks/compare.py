@@ -22,7 +22,8 @@ Method
   compaction and bytes on disk, then the peak RSS of that process), `fsync`
   (ingest with an fsync per batch, `--fsync-records`, the full workload by
   default), `threads` (ingest with interval sync by 2 writer threads, each
-  writing the batches of its own half of the series; batches built up front).
+  writing the batches of its own half of the series; batches built up front;
+  then the small-batch row below).
 - Every timed read is checked against the data written, after timing:
   counts, (key, ts) order, and values (every one for gets and get_latest,
   spot checks for scans).  A wrong or empty answer fails the worker (non-zero
@@ -70,6 +71,12 @@ Each engine through its ordinary public API, default settings otherwise
   calls speed up from 0.5M to 1.5M/s over the first several milliseconds
   of work (0.35M/s throughout when each pass follows a 0.3 s sleep): a
   row that short measured the VM's warm-up more than the engine.
+- Small batches beside a busy thread: one writer thread writes batches of 10
+  new readings (10 series, the next second) for SMALL_BATCH_SECONDS while
+  another thread of the same process runs pure Python; batches/s.  An app
+  that ingests while it computes is like this: each time a write gives the
+  GIL away, winning it back costs the writer up to the busy thread's switch
+  interval (5 ms).  Every batch written is read back after timing.
 - Peak RSS is ru_maxrss of the `main` worker at its end: the engine, the
   workload's generator and whatever answers are held at once (gets are timed
   in chunks of 10,000 so no engine holds 100,000 answers).  LMDB's includes
@@ -108,6 +115,7 @@ from flowdb._demo import (SensorWorkload, VerificationError, compact, dir_bytes,
 
 SERIES = 1000
 BATCH = 1000
+SMALL_BATCH_SECONDS = 2.0
 SYNC_INTERVAL_S = 0.1
 # Answers are held and checked this many at a time (bounds the memory of the get rows).
 GET_CHUNK = 10_000
@@ -318,6 +326,9 @@ class LMDB(_KVPeer):
         self._txn = self._cur = None
 
     def write_batch(self, batch):
+        if self._txn is not None:       # the reads after this write must see it
+            self._txn.abort()
+            self._txn = self._cur = None
         with self.env.begin(write=True) as txn:
             txn.cursor().putmulti(batch)
 
@@ -328,7 +339,7 @@ class LMDB(_KVPeer):
         self.env.sync(True)
 
     def _reader(self):
-        # One read transaction for the read rows: nothing writes meanwhile.
+        # One read transaction for the reads between two writes.
         if self._txn is None:
             self._txn = self.env.begin()
             self._cur = self._txn.cursor()
@@ -448,6 +459,8 @@ ROWS = [
     Row("ingest_interval", "ingest, interval sync, 1 writer", "rec/s", HIGHER, "main", 2.0e6),
     Row("ingest_interval_2w", "ingest, interval sync, 2 writers", "rec/s", HIGHER, "threads", None),
     Row("ingest_fsync", "ingest, fsync per batch", "rec/s", HIGHER, "fsync", 1.5e6),
+    Row("small_batches_busy", "10-record batches beside a busy thread", "batches/s", HIGHER,
+        "threads", None),
     Row("get_hits", "point get, hits", "gets/s", HIGHER, "main", 1.0e6),
     Row("get_hits_warm", "point get, hits, again (warm)", "gets/s", HIGHER, "main", None),
     Row("get_misses", "point get, 10% misses", "gets/s", HIGHER, "main", None),
@@ -608,6 +621,47 @@ def _ingest_threads(engine, w, writers=2):
     return w.records / dt
 
 
+SMALL_BATCH = 10
+
+
+def _small_batches_beside_busy_thread(engine, w, seconds):
+    """Batches/s of one writer of SMALL_BATCH-record batches while another
+    thread spins in Python; then every batch is read back."""
+    stop = threading.Event()
+
+    def busy():
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    sec0 = w.seconds
+    keys = w.keys[:SMALL_BATCH]
+
+    def batch(i):
+        return [engine.make(keys[s], w.ts(sec0 + i), w.value(s, sec0 + i)) for s in range(SMALL_BATCH)]
+
+    spinner = threading.Thread(target=busy)
+    spinner.start()
+    written, spent = 0, 0.0
+    try:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            b = batch(written)
+            t0 = time.perf_counter()
+            engine.write_batch(b)
+            spent += time.perf_counter() - t0
+            written += 1
+    finally:
+        stop.set()
+        spinner.join()
+    for i in range(written):
+        for s in range(SMALL_BATCH):
+            t = w.ts(sec0 + i)
+            w.check(engine.hit(keys[s], t, engine.get(keys[s], t)), s, sec0 + i,
+                    "small batches beside a busy thread")
+    return written / spent
+
+
 def run_worker(name, phase, records, path):
     """One phase of one engine in this process; returns {row id: value}."""
     cls = ENGINES[name]
@@ -623,6 +677,8 @@ def run_worker(name, phase, records, path):
         engine = cls(path, "interval")
         out["ingest_interval_2w"] = _ingest_threads(engine, w)
         verify_ingest(engine, w, "ingest, 2 writers")
+        out["small_batches_busy"] = _small_batches_beside_busy_thread(
+            engine, w, SMALL_BATCH_SECONDS if records >= 1_000_000 else 0.3)
         engine.close()
     else:
         engine = cls(path, "interval")

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 
+from flowdb._core.syscall import timed_write_holding_gil
 from flowdb._errors import LockError
 
 LOCK_NAME = "LOCK"
@@ -68,6 +69,46 @@ def write_all(fd: int, data) -> int:
             raise OSError(errno.EIO, "write returned 0 bytes")
         done += n
     return total
+
+
+_os_write = os.write
+
+
+class AppendWriter:
+    """write_all for a file that takes many small appends (the WAL).
+
+    A write of at most HOLD_GIL_MAX_BYTES keeps the GIL: it goes to the page
+    cache in microseconds, and giving the GIL away would cost a switch
+    interval (5 ms) to win it back whenever another thread is busy in
+    Python, once per batch (flowdb._core.syscall).  A write that is slow
+    all the same (the kernel throttling dirty pages, a journal commit: over
+    SLOW_NS) held every other thread up, so the next BACKOFF_WRITES writes
+    release the GIL.  Bigger writes always release it.
+
+    While os.write is replaced (a test's fault injector), every write goes
+    through it instead.  Not thread-safe: the WAL calls it under its lock.
+    """
+    HOLD_GIL_MAX_BYTES = 64 * 1024
+    SLOW_NS = 1_000_000
+    BACKOFF_WRITES = 256
+
+    def __init__(self):
+        self._backoff = 0
+        self.held = 0          # writes made with the GIL held
+        self.slow = 0          # of them, slower than SLOW_NS
+
+    def write(self, fd: int, data) -> int:
+        if len(data) > self.HOLD_GIL_MAX_BYTES or os.write is not _os_write:
+            return write_all(fd, data)
+        if self._backoff:
+            self._backoff -= 1
+            return write_all(fd, data)
+        took = timed_write_holding_gil(fd, data)
+        self.held += 1
+        if took > self.SLOW_NS:
+            self.slow += 1
+            self._backoff = self.BACKOFF_WRITES
+        return len(data)
 
 
 def write_file_atomic(path, data) -> None:

@@ -56,7 +56,7 @@ import threading
 from crc32c import crc32c
 
 from flowdb._errors import CorruptionError, FlowError
-from flowdb._fileio import fsync_dir, parse_name, wal_name, write_all
+from flowdb._fileio import AppendWriter, fsync_dir, parse_name, wal_name, write_all
 
 # Constants of the format: never renumber.
 WAL_MAGIC = b"FLOWWAL\x00"
@@ -224,6 +224,7 @@ class WalWriter:
         self._new_file_number = new_file_number
         self._append_lock = threading.Lock()   # one append/close at a time
         self._swap_lock = threading.Lock()     # guards _fd/_number against sync()
+        self._writer = AppendWriter()
         self._failure = None                   # the OSError that broke the writer
         self._closed = False
         self._bytes_written = 0
@@ -274,7 +275,7 @@ class WalWriter:
             if not buf:
                 return 0
             try:
-                write_all(self._fd, buf)
+                self._writer.write(self._fd, buf)
             except OSError as exc:
                 self._fail(exc)
                 raise

@@ -1,11 +1,15 @@
 /*
- * fdb_io.h -- reading a table block, with or without the GIL.
+ * fdb_io.h -- file reads and writes that may run with the GIL held.
  *
  * A block read from the page cache takes about a microsecond: the reader
  * keeps the GIL for it (releasing and winning back the GIL costs more, and a
  * running compaction wins it in between).  A block that must come from the
  * disk may take milliseconds: that read runs without the GIL.
  * fdb_pread_cached tells the two apart with RWF_NOWAIT (Linux 4.14+).
+ *
+ * Small appends to the WAL go to the page cache in microseconds too; the
+ * caller decides when fdb_write_full runs with the GIL (flowdb/_fileio.py,
+ * AppendWriter: buffered writes have no RWF_NOWAIT on ext4).
  */
 #ifndef FDB_IO_H
 #define FDB_IO_H
@@ -56,6 +60,22 @@ static inline ssize_t fdb_pread_full(int fd, void *buf, size_t n, uint64_t off) 
         got += (size_t)r;
     }
     return (ssize_t)got;
+}
+
+/* Writes all n bytes at the file position, retrying short writes and EINTR:
+ * n, or -1 with errno (some bytes may then be in the file). */
+static inline ssize_t fdb_write_full(int fd, const void *buf, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = write(fd, (const char *)buf + done, n - done);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) { errno = EIO; return -1; }   /* never for a file; no endless loop */
+        done += (size_t)r;
+    }
+    return (ssize_t)n;
 }
 
 #endif /* FDB_IO_H */

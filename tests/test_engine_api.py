@@ -483,6 +483,41 @@ def test_same_key_same_ts_different_keys_are_distinct(engine):
     assert len(engine.query_by_prefix(b"")) == 3
 
 
+
+def test_small_batches_keep_the_gil_and_big_ones_give_it_away(engine_factory):
+    """A thread busy in Python runs during a write only when the writer gives
+    the GIL away.  A small batch must not: winning the GIL back would cost
+    the writer the busy thread's switch interval (5 ms) for microseconds of
+    work (flowdb._fileio.AppendWriter).  A big one must, so that writers
+    insert in parallel.  Counts switches, not time."""
+    e = engine_factory(wal_sync_mode=SyncMode.interval_ms(60_000), auto_background=False)
+    ticks, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    def share_of_writes_during_which_spin_ran(batches):
+        ran = 0
+        for batch in batches:
+            before = ticks[0]
+            e.write_batch(batch)
+            ran += ticks[0] != before
+        return ran / len(batches)
+
+    small = [[R(b"s%d" % i, n, b"v" * 20) for i in range(8)] for n in range(300)]
+    big = [[R(b"b%04d" % i, n, b"v" * 100) for i in range(1000)] for n in range(20)]
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        assert share_of_writes_during_which_spin_ran(small) < 0.1   # 0.23-0.25 before
+        assert share_of_writes_during_which_spin_ran(big) > 0.5
+    finally:
+        stop.set()
+        spinner.join()
+    assert len(e.query_by_prefix(b"s")) == 8 * 300
+    assert len(e.query_by_prefix(b"b")) == 1000 * 20
+
 # ------------------------------------------------------------ TTL
 
 def test_write_batch_ttl_given_overrides_every_record(engine_factory):

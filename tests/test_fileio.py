@@ -320,3 +320,82 @@ def test_refused_opener_in_other_process_changes_no_file(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- AppendWriter: small appends keep the GIL ---------------------------------
+
+def _open_w(path):
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+
+def test_timed_write_holding_gil_writes_every_buffer_kind(tmp_path):
+    from flowdb._core.syscall import timed_write_holding_gil
+    fd = _open_w(tmp_path / "f")
+    try:
+        for data in (b"abc", bytearray(b"def"), memoryview(b"xghix")[1:4], b""):
+            assert timed_write_holding_gil(fd, data) >= 0
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"abcdefghi"
+
+
+def test_timed_write_holding_gil_raises_os_error(tmp_path):
+    from flowdb._core.syscall import timed_write_holding_gil
+    fd = os.open(tmp_path / "f", os.O_RDONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as info:
+            timed_write_holding_gil(fd, b"x")
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    with pytest.raises(TypeError):
+        timed_write_holding_gil(0, "not bytes")
+
+
+def test_append_writer_keeps_the_gil_only_for_small_writes(tmp_path):
+    w = fileio.AppendWriter()
+    big = b"b" * (w.HOLD_GIL_MAX_BYTES + 1)
+    fd = _open_w(tmp_path / "f")
+    try:
+        assert w.write(fd, b"small") == 5
+        assert w.write(fd, big) == len(big)
+        assert w.write(fd, b"s" * w.HOLD_GIL_MAX_BYTES) == w.HOLD_GIL_MAX_BYTES
+    finally:
+        os.close(fd)
+    assert (w.held, w.slow) == (2, 0)
+    assert (tmp_path / "f").read_bytes() == b"small" + big + b"s" * w.HOLD_GIL_MAX_BYTES
+
+
+def test_append_writer_releases_the_gil_after_a_slow_write(tmp_path, monkeypatch):
+    w = fileio.AppendWriter()
+    w.SLOW_NS = -1                     # every write held is "slow"
+    fd = _open_w(tmp_path / "f")
+    try:
+        w.write(fd, b"0")
+        assert (w.held, w.slow) == (1, 1)
+        for _ in range(w.BACKOFF_WRITES):
+            w.write(fd, b"1")
+        assert w.held == 1             # the backoff writes went through os.write
+        w.write(fd, b"2")
+        assert (w.held, w.slow) == (2, 2)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"0" + b"1" * w.BACKOFF_WRITES + b"2"
+
+
+def test_append_writer_goes_through_a_replaced_os_write(tmp_path, monkeypatch):
+    # Fault injectors (tests/reliability/faultfs.py) replace os.write: they must see every write.
+    real_write, seen = os.write, []
+
+    def spy(fd, data):
+        seen.append(bytes(data))
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", spy)
+    w = fileio.AppendWriter()
+    fd = _open_w(tmp_path / "f")
+    try:
+        w.write(fd, b"abc")
+    finally:
+        os.close(fd)
+    assert seen == [b"abc"] and w.held == 0
+    assert (tmp_path / "f").read_bytes() == b"abc"

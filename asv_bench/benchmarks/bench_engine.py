@@ -10,7 +10,8 @@ benchmarks check the data in their teardown.
 
 Each row of benchmarks/compare.py (issue 6) has its benchmark here:
 ingest with interval sync (Ingest), with an fsync per batch (IngestAlways,
-on SMALL records) and by 2 writer threads (IngestTwoWriters, SMALL), point
+on SMALL records), by 2 writer threads (IngestTwoWriters, SMALL) and in
+small batches beside a thread busy in Python (SmallBatchesBesideBusyThread), point
 gets with and without misses, get_latest, prefix scan, the 1% windows
 (Reads), bytes on disk after compaction over raw bytes
 (Storage.track_disk_over_raw) and peak memory (Memory.peakmem_*).
@@ -125,6 +126,41 @@ class IngestTwoWriters(_IngestBase):
 
     def time_write_batch_2_writers(self):
         self._write()
+
+
+class SmallBatchesBesideBusyThread(_IngestBase):
+    """2,000 batches of 10 readings while another thread spins in Python.
+
+    Each time a write gives the GIL away, winning it back costs the writer
+    up to the busy thread's switch interval (5 ms): 6.8 s for this before
+    small writes kept the GIL, 0.07 s after."""
+
+    records = 20_000
+
+    def setup(self):
+        self.w = SensorWorkload(self.records, 10, 10)
+        self.parts = [list(self.w.batches())]
+        self.dir = tempfile.mkdtemp(prefix="flowdb-asv-")
+        self.engine = _open(self.dir)
+        self.stop = threading.Event()
+        self.spinner = threading.Thread(target=self._spin)
+        self.spinner.start()
+
+    def _spin(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+
+    def teardown(self):
+        self.stop.set()
+        self.spinner.join()
+        super().teardown()
+
+    def time_small_batches_beside_busy_thread(self):
+        # No flush: a flush beside a busy thread is another matter (docs/PERFORMANCE.md).
+        write = self.engine.write_batch
+        for batch in self.parts[0]:
+            write(batch)
 
 
 class Reads:

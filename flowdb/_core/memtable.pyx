@@ -111,6 +111,9 @@ cdef enum:
     PREFETCH = 4
     # Payloads this large are validated without the GIL.
     PLAN_NOGIL_BYTES = 1 << 20
+    # Batches of more points are inserted without the GIL (a few microseconds
+    # for fewer: less than winning the GIL back from a busy thread costs).
+    INSERT_NOGIL_POINTS = 64
     # Bytes of an MTNode before its next[] array.
     NODE_HEADER = sizeof(MTNode) - sizeof(MTNode *)
 
@@ -506,19 +509,22 @@ cdef class MemTable(Source):
             self._applying = False
 
     def apply_concurrent(self, bytes payload not None, unsigned long long seq_start):
-        """As apply(), callable from several threads at once (each inserts
-        without the GIL, so writers of one commit group fill the memtable
-        in parallel).  The caller guarantees that no two batches ever
-        applied share a seq; batches may arrive out of seq order.  Not to be
-        mixed with a concurrent apply()."""
+        """As apply(), callable from several threads at once (a batch of
+        more than INSERT_NOGIL_POINTS points goes in without the GIL, so
+        writers of one commit group fill the memtable in parallel).  The
+        caller guarantees that no two batches ever applied share a seq;
+        batches may arrive out of seq order.  Not to be mixed with a
+        concurrent apply()."""
         return self._apply(payload, seq_start, False)
 
     cdef size_t _apply(self, bytes payload, uint64_t seq_start, bint strict) except? 0:
         cdef ApplyPlan plan
         self._plan(payload, seq_start, strict, &plan)
-        if plan.npoints:
+        if plan.npoints > INSERT_NOGIL_POINTS:
             with nogil:
                 _insert_points(&plan)
+        elif plan.npoints:
+            _insert_points(&plan)
         return self._applied(payload, &plan)
 
     cdef int _plan(self, bytes payload, uint64_t seq_start, bint strict,
