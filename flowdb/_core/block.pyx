@@ -33,7 +33,7 @@ RESTART_INTERVAL = BLOCK_RESTART_INTERVAL
 
 # -- builder -------------------------------------------------------------------
 
-cdef int _reserve(uint8_t **buf, size_t *cap, size_t need) noexcept nogil:
+cdef int reserve_bytes(uint8_t **buf, size_t *cap, size_t need) noexcept nogil:
     """Grows *buf to hold at least need bytes (amortised doubling)."""
     if need <= cap[0]:
         return FDB_OK
@@ -91,9 +91,9 @@ cdef int block_builder_add(CBlockBuilder *b, const uint8_t *key, size_t key_len,
     # The finished block (entries, restarts, count) must stay addressable by u32.
     if need + 4 * (b.num_restarts + 1) > FDB_BLOCK_MAX_SIZE:
         return FDB_ERR_NOMEM
-    if _reserve(&b.buf, &b.cap, need) != FDB_OK:
+    if reserve_bytes(&b.buf, &b.cap, need) != FDB_OK:
         return FDB_ERR_NOMEM
-    if _reserve(&b.last_key, &b.last_key_cap, key_len) != FDB_OK:
+    if reserve_bytes(&b.last_key, &b.last_key_cap, key_len) != FDB_OK:
         return FDB_ERR_NOMEM
     cdef uint8_t *p = b.buf + b.len
     p += fdb_put_varint(p, shared)
@@ -120,7 +120,7 @@ cdef int block_builder_finish(CBlockBuilder *b) noexcept nogil:
     cdef size_t i
     if b.finished:
         return FDB_OK
-    if _reserve(&b.buf, &b.cap, b.len + 4 * b.num_restarts + 4) != FDB_OK:
+    if reserve_bytes(&b.buf, &b.cap, b.len + 4 * b.num_restarts + 4) != FDB_OK:
         return FDB_ERR_NOMEM
     for i in range(b.num_restarts):
         fdb_put_u32le(b.buf + b.len, b.restarts[i])

@@ -19,13 +19,25 @@ cdef struct IndexEntry:
     size_t key_len            #   index_keys arena at [key_off, key_off + key_len)
 
 
+# A finished data block waiting to be compressed and written (_write_pending).
+cdef struct PendingBlock:
+    size_t raw_off            # the block, in TableBuilder.pend_raw
+    size_t raw_len
+    size_t key_off            # its last key (the index key), in TableBuilder.pend_keys
+    size_t key_len
+    int64_t min_ts            # its bounds, for the index entry
+    int64_t max_ts
+    int64_t min_exp
+    int64_t max_exp
+
+
 cdef class TableBuilder:
     """Writes one SSTable.  Not thread-safe: one thread drives a builder."""
     # The exception behind a non-OK status returned by add().
     cdef object error
     # Appends an entry; entries must come in strictly increasing internal-key
-    # order.  Runs without the GIL except when a block is cut (compression,
-    # checksum and write take the GIL).  Returns FDB_OK or an FDB_ERR_* code.
+    # order.  Runs without the GIL except when PENDING_BYTES of cut blocks
+    # are written (compression, checksum and write take the GIL).  Returns FDB_OK or an FDB_ERR_* code.
     # A rejected entry (bad kind or value, out of order: FDB_ERR_PYTHON with a
     # ValueError) leaves the builder as it was; an I/O or memory error
     # (FDB_ERR_IO, FDB_ERR_NOMEM) is sticky: every later call fails with it.
@@ -66,9 +78,29 @@ cdef class TableBuilder:
     cdef set range_dels               # {(start, end, seq)}
     cdef BlockCache warm_cache        # warm(): data blocks go here as written, or None
     cdef uint64_t warm_file           # the table's file number: their cache key
+    # Cut data blocks not yet written: queued without the GIL, written with
+    # it PENDING_BYTES at a time, so that a flush wins the GIL back once per
+    # batch of blocks rather than once per block (each costs up to a switch
+    # interval, 5 ms, when another thread is busy in Python).
+    cdef uint8_t *pend_raw
+    cdef size_t pend_raw_len
+    cdef size_t pend_raw_cap
+    cdef uint8_t *pend_keys
+    cdef size_t pend_keys_len
+    cdef size_t pend_keys_cap
+    cdef PendingBlock *pend
+    cdef size_t npend
+    cdef size_t pend_cap_bytes
+    cdef readonly unsigned long long block_batches  # _write_pending calls that wrote blocks
+    cdef uint64_t raw_written         # data blocks written: bytes before compression,
+    cdef uint64_t stored_written      #   and as stored
 
-    # Writes the data block being filled and adds its index entry.
+    # Finishes the data block being filled and queues it (_write_pending
+    # once PENDING_BYTES are queued).
     cdef int _cut_block(self) noexcept nogil
+    # Compresses and writes the queued blocks and adds their index entries.
+    cdef int _write_pending(self) noexcept nogil
+    cdef int _index_entry(self, const PendingBlock *pb, uint64_t off, uint64_t size) noexcept nogil
     # Refuses one entry: error = ValueError(message); returns FDB_ERR_PYTHON.
     cdef int _reject(self, const char *message) noexcept nogil
     # Records a sticky failure.

@@ -48,7 +48,7 @@ from flowdb._core.cdefs cimport (
 from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
                                     VERSION_UNKNOWN, VERSION_FOUND, VERSION_NONE)
 from flowdb._core.block cimport (
-    CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL,
+    CBlockBuilder, CBlockIter, BLOCK_RESTART_INTERVAL, reserve_bytes,
     block_builder_init, block_builder_add, block_builder_estimate,
     block_builder_finish, block_builder_reset, block_builder_free,
     BlockFloor, block_iter_floor,
@@ -89,12 +89,15 @@ cdef enum:
     # The fixed part of an index entry's value: min_ts, max_ts, min/max expire_at.
     _INDEX_BOUNDS = 4 * 8
     _INDEX_VALUE_MAX = 2 * 10 + _INDEX_BOUNDS   # two varints + the bounds
+    # Not format: bytes of cut data blocks (uncompressed) queued before they are written.
+    _PENDING_BYTES = 256 * 1024
 
 #: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
 INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
 
 # Not format: the builder hands bytes to os.write in chunks of about this size.
 WRITE_BUFFER_SIZE = 1 << 20
+PENDING_BYTES = _PENDING_BYTES
 # Not format: the largest block_size a builder accepts (restart offsets are u32).
 MAX_BLOCK_SIZE = 1 << 30
 # Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
@@ -161,6 +164,13 @@ cdef class TableBuilder:
         self.wbuf = bytearray()
         self.range_dels = set()
         self.warm_cache = None
+        self.pend_raw = NULL
+        self.pend_raw_len = self.pend_raw_cap = 0
+        self.pend_keys = NULL
+        self.pend_keys_len = self.pend_keys_cap = 0
+        self.pend = NULL
+        self.npend = self.pend_cap_bytes = 0
+        self.raw_written = self.stored_written = 0
 
     def __init__(self, path, block_size=8192, bloom_bits_per_key=10):
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
@@ -187,6 +197,13 @@ cdef class TableBuilder:
         self.last_key = NULL
         self.first_key = NULL
         self.last_key_cap = 0
+        free(self.pend_raw)
+        free(self.pend_keys)
+        free(self.pend)
+        self.pend_raw = self.pend_keys = NULL
+        self.pend = NULL
+        self.npend = self.pend_raw_len = self.pend_keys_len = 0
+        self.pend_raw_cap = self.pend_keys_cap = self.pend_cap_bytes = 0
 
     # -- adding ---------------------------------------------------------------
 
@@ -276,39 +293,33 @@ cdef class TableBuilder:
         return FDB_OK
 
     cdef int _cut_block(self) noexcept nogil:
-        """Writes the data block being filled and records it in the index."""
-        cdef uint8_t v[_INDEX_VALUE_MAX]
-        cdef uint8_t *p = v
-        cdef uint64_t off = 0, size = 0
-        cdef int rc = FDB_OK
+        cdef PendingBlock *pb
+        cdef size_t n
         if self.data_block.num_entries == 0:
             return FDB_OK
         if block_builder_finish(&self.data_block) != FDB_OK:
             return self._nomem()
-        with gil:
-            try:
-                raw = (<const char *>self.data_block.buf)[:self.data_block.len]
-                off, size = self._write_block(raw)
-                if self.warm_cache is not None:
-                    self._warm(off, raw)
-            except OSError as e:
-                rc = self._fail(FDB_ERR_IO, e)
-            except MemoryError as e:
-                rc = self._fail(FDB_ERR_NOMEM, e)
-            except BaseException as e:
-                rc = self._fail(FDB_ERR_PYTHON, e)
-        if rc != FDB_OK:
-            return rc
-        p += fdb_put_varint(p, off)
-        p += fdb_put_varint(p, size)
-        fdb_put_u64le(p, <uint64_t>self.blk_min_ts)
-        fdb_put_u64le(p + 8, <uint64_t>self.blk_max_ts)
-        fdb_put_u64le(p + 16, <uint64_t>self.blk_min_exp)
-        fdb_put_u64le(p + 24, <uint64_t>self.blk_max_exp)
-        p += _INDEX_BOUNDS
-        if block_builder_add(&self.index_block, self.last_key, self.last_key_len,
-                             v, <size_t>(p - v)) != FDB_OK:
+        n = self.data_block.len
+        if (reserve_bytes(&self.pend_raw, &self.pend_raw_cap, self.pend_raw_len + n) != FDB_OK
+                or reserve_bytes(&self.pend_keys, &self.pend_keys_cap,
+                                 self.pend_keys_len + self.last_key_len) != FDB_OK
+                or reserve_bytes(<uint8_t **>&self.pend, &self.pend_cap_bytes,
+                                 (self.npend + 1) * sizeof(PendingBlock)) != FDB_OK):
             return self._nomem()
+        pb = &self.pend[self.npend]
+        pb.raw_off = self.pend_raw_len
+        pb.raw_len = n
+        memcpy(self.pend_raw + self.pend_raw_len, self.data_block.buf, n)
+        self.pend_raw_len += n
+        pb.key_off = self.pend_keys_len
+        pb.key_len = self.last_key_len
+        memcpy(self.pend_keys + self.pend_keys_len, self.last_key, self.last_key_len)
+        self.pend_keys_len += self.last_key_len
+        pb.min_ts = self.blk_min_ts
+        pb.max_ts = self.blk_max_ts
+        pb.min_exp = self.blk_min_exp
+        pb.max_exp = self.blk_max_exp
+        self.npend += 1
         if self.blk_min_ts < self.min_ts: self.min_ts = self.blk_min_ts
         if self.blk_max_ts > self.max_ts: self.max_ts = self.blk_max_ts
         if self.blk_min_exp < self.min_exp: self.min_exp = self.blk_min_exp
@@ -319,6 +330,53 @@ cdef class TableBuilder:
         self.blk_max_exp = INT64_MIN
         self.num_data_blocks += 1
         block_builder_reset(&self.data_block)
+        # The first block goes out at once: file_size_estimate scales the
+        # queued bytes by the compression seen so far.
+        if self.pend_raw_len >= _PENDING_BYTES or self.raw_written == 0:
+            return self._write_pending()
+        return FDB_OK
+
+    cdef int _write_pending(self) noexcept nogil:
+        cdef int rc = FDB_OK
+        cdef size_t i
+        cdef uint64_t off = 0, size = 0
+        if self.npend == 0:
+            return FDB_OK
+        self.block_batches += 1
+        with gil:
+            try:
+                for i in range(self.npend):
+                    raw = (<const char *>self.pend_raw + self.pend[i].raw_off)[:self.pend[i].raw_len]
+                    off, size = self._write_block(raw)
+                    self.raw_written += self.pend[i].raw_len
+                    self.stored_written += size
+                    if self.warm_cache is not None:
+                        self._warm(off, raw)
+                    rc = self._index_entry(&self.pend[i], off, size)
+                    if rc != FDB_OK:
+                        break
+            except OSError as e:
+                rc = self._fail(FDB_ERR_IO, e)
+            except MemoryError as e:
+                rc = self._fail(FDB_ERR_NOMEM, e)
+            except BaseException as e:
+                rc = self._fail(FDB_ERR_PYTHON, e)
+        self.npend = self.pend_raw_len = self.pend_keys_len = 0
+        return rc
+
+    cdef int _index_entry(self, const PendingBlock *pb, uint64_t off, uint64_t size) noexcept nogil:
+        cdef uint8_t v[_INDEX_VALUE_MAX]
+        cdef uint8_t *p = v
+        p += fdb_put_varint(p, off)
+        p += fdb_put_varint(p, size)
+        fdb_put_u64le(p, <uint64_t>pb.min_ts)
+        fdb_put_u64le(p + 8, <uint64_t>pb.max_ts)
+        fdb_put_u64le(p + 16, <uint64_t>pb.min_exp)
+        fdb_put_u64le(p + 24, <uint64_t>pb.max_exp)
+        p += _INDEX_BOUNDS
+        if block_builder_add(&self.index_block, self.pend_keys + pb.key_off, pb.key_len,
+                             v, <size_t>(p - v)) != FDB_OK:
+            return self._nomem()
         return FDB_OK
 
     cdef tuple _write_block(self, object raw):
@@ -398,7 +456,14 @@ cdef class TableBuilder:
     @property
     def file_size_estimate(self):
         """The size the file would have if finished now (about)."""
-        return (self.offset + block_builder_estimate(&self.data_block)
+        # Queued blocks as they will be stored: compressed as the written ones
+        # were, plus trailers and index entries.
+        pending = self.pend_raw_len
+        if self.raw_written:
+            pending = pending * self.stored_written // self.raw_written
+        # An index entry: its key, three varint lengths, two short varints, the bounds.
+        pending += self.pend_keys_len + self.npend * (BLOCK_TRAILER_SIZE + 3 + 8 + _INDEX_BOUNDS)
+        return (self.offset + pending + block_builder_estimate(&self.data_block)
                 + block_builder_estimate(&self.index_block) + FOOTER_SIZE)
 
     cdef dict _props(self):
@@ -437,6 +502,8 @@ cdef class TableBuilder:
         try:
             with nogil:
                 rc = self._cut_block()
+                if rc == FDB_OK:
+                    rc = self._write_pending()
             if rc != FDB_OK:
                 raise self.error
             props = self._props()

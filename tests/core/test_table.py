@@ -216,14 +216,10 @@ def test_delete_expire_counts_as_never(tmp_path):
     assert r.block_meta()[0][4:] == (NEVER, NEVER)
 
 
-def test_block_meta_bounds(tmp_path):
-    model = series(5, 200)
-    path = tmp_path / "t.sst"
-    props = write_table(path, model, block_size=512)
-    r = TableReader(str(path), 1, None)
+def check_block_meta(r, props):
+    """The blocks tile the data area, and their bounds cover every entry, in order."""
     meta = r.block_meta()
-    assert len(meta) == props["num_data_blocks"] > 10
-    # Blocks tile the data area, and their bounds cover every entry, in order.
+    assert len(meta) == props["num_data_blocks"]
     pos = 0
     for off, size, lo, hi, elo, ehi in meta:
         assert off == pos and lo <= hi and elo <= ehi
@@ -241,6 +237,15 @@ def test_block_meta_bounds(tmp_path):
         ts = parse(it.key())[1]
         assert meta[b - 1][2] <= ts <= meta[b - 1][3]
         it.next()
+    assert b == len(meta)
+
+
+def test_block_meta_bounds(tmp_path):
+    model = series(5, 200)
+    path = tmp_path / "t.sst"
+    props = write_table(path, model, block_size=512)
+    assert props["num_data_blocks"] > 10
+    check_block_meta(TableReader(str(path), 1, None), props)
 
 
 def test_range_dels_round_trip(tmp_path):
@@ -481,6 +486,25 @@ def test_file_size_estimate(tmp_path):
     assert sizes[-1] > 50 * sizes[0]
     final = b.finish()["file_size"]
     assert abs(sizes[-1] - final) < 0.05 * final
+
+
+
+def test_blocks_are_written_in_batches_of_pending_bytes(tmp_path):
+    """build_table queues cut blocks without the GIL and writes them PENDING_BYTES
+    at a time (one GIL acquisition per batch, not per block); the table reads
+    back whole, its blocks tiling the data area with bounds that hold their entries."""
+    from flowdb._core.table import PENDING_BYTES
+    model = series(40, 600, value_size=60, seed=5)          # ~2.1 MB raw, ~270 blocks
+    raw = sum(len(k) + len(v) for k, v in model)
+    path = tmp_path / "t.sst"
+    b = TableBuilder(str(path), 8192)
+    props = build_table(VectorIterator(model), b, [])
+    # The first block alone (it gives the compression ratio), then full batches.
+    assert 1 + raw // PENDING_BYTES <= b.block_batches <= 3 + raw // PENDING_BYTES
+    assert props["num_data_blocks"] > 4 * b.block_batches
+    r = TableReader(str(path), 1, None)
+    assert scan(r.new_iterator()) == model
+    check_block_meta(r, props)
 
 
 def test_build_table_abandons_on_source_error(tmp_path):
