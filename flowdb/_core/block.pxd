@@ -58,11 +58,11 @@ cdef struct CBlockBuilder:
     bint finished             # finish() was called; reset() before adding again
 
 
-# Prepares an empty builder (no allocation yet).
 # Grows *buf (malloc'd, *cap bytes) to hold at least need bytes, doubling:
 # FDB_OK, or FDB_ERR_NOMEM with *buf unchanged.
 cdef int reserve_bytes(uint8_t **buf, size_t *cap, size_t need) noexcept nogil
 
+# Prepares an empty builder (no allocation yet).
 cdef void block_builder_init(CBlockBuilder *b, int restart_interval) noexcept nogil
 # Appends an entry.  The caller guarantees key_len >= 16 and that keys come in
 # increasing order.  FDB_OK, or FDB_ERR_NOMEM (also when the block would

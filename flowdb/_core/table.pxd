@@ -37,7 +37,8 @@ cdef class TableBuilder:
     cdef object error
     # Appends an entry; entries must come in strictly increasing internal-key
     # order.  Runs without the GIL except when PENDING_BYTES of cut blocks
-    # are written (compression, checksum and write take the GIL).  Returns FDB_OK or an FDB_ERR_* code.
+    # are written (compression, checksum and write take the GIL).  Returns
+    # FDB_OK or an FDB_ERR_* code.
     # A rejected entry (bad kind or value, out of order: FDB_ERR_PYTHON with a
     # ValueError) leaves the builder as it was; an I/O or memory error
     # (FDB_ERR_IO, FDB_ERR_NOMEM) is sticky: every later call fails with it.
