@@ -16,7 +16,10 @@ Concurrency rules (lock order: _compact_lock -> _write_lock -> _flush_lock -> _m
   GIL (MemTable.apply_concurrent).  Groups publish (raise _visible_seq) in
   seq order, each after its inserts and its fsync; a freeze waits for the
   groups in flight (_inflight), so a frozen memtable is complete.
-- _flush_lock serialises flushes; a flush puts a new run in front of the view.
+- Flushes: a frozen memtable's table is built by whichever thread claims it
+  (_building: the flush thread, or a caller of flush() that would otherwise
+  wait), and goes live in freeze order under _flush_lock: a flush puts a new
+  run in front of the view.
 - _compact_lock serialises compactions and GC runs; they hold no other lock
   while they merge (the loop runs without the GIL in read.compact), then
   swap exactly their input runs for the output run under _mutex.  So writes,
@@ -177,7 +180,7 @@ class MaintenanceHandle:
             engine._maintenance_wakeup.clear()
             if self._stop.is_set():
                 break
-            engine._flush_frozen()
+            engine._flush_frozen(wait=False)
             engine._delete_dead_wal()
             engine._enforce_meta_budget()
             now = time.monotonic()
@@ -185,7 +188,7 @@ class MaintenanceHandle:
                 next_flush = now + period
                 # Never block on the write lock: its holder may be waiting for us.
                 if engine._freeze_if_nonempty(blocking=False):
-                    engine._flush_frozen()
+                    engine._flush_frozen(wait=False)
             if len(engine._view.runs) >= _policy.threshold(cfg):
                 engine._compact_wakeup.set()
 
@@ -340,6 +343,7 @@ class Engine(_read.EngineReads):
         self._readers = weakref.WeakSet()     # every TableReader opened, closed at shutdown
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._building = set()                # id() of the frozen memtables being flushed
         self._mutex = threading.Lock()
         self._patch_lock = threading.Lock()
         self._compact_lock = threading.Lock()   # serialises compactions and GC
@@ -425,10 +429,10 @@ class Engine(_read.EngineReads):
                 self._next_seq = last_seq + 1
             if mem.approximate_bytes >= self._memtable_limit:
                 self._replace_view(frozen=((mem, top),), mem=MemTable())
-                self._flush_oldest_frozen()
+                self._flush_frozen()
         if self._view.mem.num_entries or self._view.mem.range_dels:
             self._replace_view(frozen=((self._view.mem, top),), mem=MemTable())
-            self._flush_oldest_frozen()
+            self._flush_frozen()
         if replayed:
             log.info("recovered %d entries from the WAL of %s", replayed, self._dir)
         self._next_seq = last_seq + 1
@@ -874,27 +878,77 @@ class Engine(_read.EngineReads):
         self._freeze_if_nonempty()
         self._flush_frozen()
 
-    def _flush_frozen(self):
-        while self._view.frozen:
-            self._flush_oldest_frozen()
+    def _flush_frozen(self, wait=True):
+        """Flush the frozen memtables.  Several threads may do this at once
+        (the flush thread and a caller of flush(), which would otherwise
+        only wait): each builds the oldest memtable nobody is building, and
+        the tables go live in the order their memtables froze.  wait=False
+        returns once every frozen memtable has a builder (the flush thread
+        does not wait for a caller's); True, once none is left."""
+        while True:
+            with self._mutex:
+                job = self._claim_oldest()
+                if job is None:
+                    if not (wait and self._view.frozen):
+                        return
+                    self._room_cv.wait()
+                    continue
+            self._flush_claimed(*job)
 
-    def _flush_oldest_frozen(self):
-        with self._flush_lock:
-            if not self._view.frozen:
-                return
-            mem, boundary = self._view.frozen[-1]
-            started = time.perf_counter_ns()
-            added = []
-            reader = None
+    def _claim_oldest(self, older_than=None):
+        """The oldest frozen (memtable, boundary) nobody builds, now claimed
+        by the caller; None if there is none (older than `older_than`, if
+        given).  Caller holds _mutex."""
+        for mem, boundary in reversed(self._view.frozen):
+            if mem is older_than:
+                return None
+            if id(mem) not in self._building:
+                self._building.add(id(mem))
+                return mem, boundary
+        return None
+
+    def _flush_claimed(self, mem, boundary):
+        started = time.perf_counter_ns()
+        reader = None
+        offered = False
+        try:
             if mem.num_entries or mem.range_dels:
                 reader = self._write_table(lambda b: build_table(mem.new_iterator(), b, list(mem.range_dels)))
-                # A flushed table is a run of its own: its run id is its number.
-                added.append((reader.file_number, reader.file_number, reader.file_size))
+            self._await_turn(mem)
+            offered = True
+            self._install_flush(mem, boundary, reader, started)
+        except BaseException:
+            with self._mutex:
+                self._building.discard(id(mem))
+                self._room_cv.notify_all()     # a waiter may take the memtable over
+            if reader is not None and not offered:
+                self._discard_table(reader)
+            raise
+
+    def _await_turn(self, mem):
+        """Returns once mem is the oldest frozen memtable.  An older one
+        whose builder gave up (an error, a stop) is built here meanwhile."""
+        while True:
+            with self._mutex:
+                if self._view.frozen[-1][0] is mem:
+                    return
+                orphan = self._claim_oldest(older_than=mem)
+                if orphan is None:
+                    self._room_cv.wait()
+                    continue
+            self._flush_claimed(*orphan)
+
+    def _install_flush(self, mem, boundary, reader, started):
+        """The manifest edit and the new view of a flush, in freeze order."""
+        with self._flush_lock:
+            # A flushed table is a run of its own: its run id is its number.
+            added = [(reader.file_number, reader.file_number, reader.file_size)] if reader else []
             self._manifest.log_edit(add=added, flushed_seq=boundary, last_seq=max(boundary, self._next_seq - 1))
             with self._mutex:
                 v = self._view
                 runs = (((reader,),) if reader else ()) + v.runs
                 self._view = _View(v.mem, v.frozen[:-1], runs)
+                self._building.discard(id(mem))
                 if reader is not None:
                     self._time_index.add(reader)
                 self._room_cv.notify_all()
@@ -905,6 +959,14 @@ class Engine(_read.EngineReads):
             log.info("flushed %d entries to %s", mem.num_entries,
                       reader.path if reader else "(nothing)")
             self._delete_obsolete_wal(boundary)
+
+    def _discard_table(self, reader):
+        """Removes a table built but never offered to the manifest."""
+        reader.close()
+        try:
+            os.remove(reader.path)
+        except OSError:
+            pass                            # an unlisted file: the next open removes it
 
     def _write_table(self, fill):
         """Build a table under a temporary name, then make it durable and

@@ -446,6 +446,107 @@ def test_retention_settled_runs_expire_whole_without_rewrites(engine_factory):
     assert len(e.query(ScanRange.all())) == 2 * 5 * 10
 
 
+def _two_frozen(e, big=3000):
+    """Freezes an older memtable of `big` records and a newer one that
+    rewrites its first 10 keys; returns them, oldest first."""
+    e.write_batch([Record(b"k%05d" % i, 1, b"old" * 30) for i in range(big)])
+    with e._write_lock:
+        e._freeze()
+    e.write_batch([Record(b"k%05d" % i, 1, b"new") for i in range(10)])
+    with e._write_lock:
+        e._freeze()
+    newer, older = (m for m, _ in e._view.frozen)
+    return older, newer
+
+
+def _wait_for(cond, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def _check_two_frozen_flushed(e, path, big):
+    assert not e._view.frozen and not e._building
+    newest, older = e._view.runs
+    assert newest[0].props["num_entries"] == 10 and older[0].props["num_entries"] == big
+    assert e.get(b"k00000", 1).value == b"new" and e.get(b"k00010", 1).value == b"old" * 30
+    assert e.stats().total_flushes == 2
+    want = dump(e)
+    assert len(want) == big
+    assert sorted(p.name for p in path.iterdir() if p.suffix == ".sst") == sorted(
+        os.path.basename(r[0].path) for r in e._view.runs)
+
+
+def test_two_threads_build_flushes_at_once_and_tables_go_live_in_freeze_order(engine_factory, tmp_path):
+    big = 3000
+    e = engine_factory(max_frozen_memtables=4)
+    _two_frozen(e, big)
+    errors = []
+
+    def flush_background():                 # what the flush thread runs
+        try:
+            e._flush_frozen(wait=False)
+        except BaseException as exc:        # pragma: no cover - reported below
+            errors.append(exc)
+
+    with e._flush_lock:                     # nothing goes live until released
+        worker = threading.Thread(target=flush_background)
+        worker.start()
+        _wait_for(lambda: len(e._building) == 1, "the worker claimed the older memtable")
+        caller = threading.Thread(target=e.flush)
+        caller.start()
+        # Both tables get built while neither can go live.
+        _wait_for(lambda: len(list((tmp_path / "db").glob("*.sst"))) == 2, "two tables built at once")
+        assert len(e._building) == 2 and len(e._view.frozen) == 2
+    worker.join(10)
+    caller.join(10)
+    assert not worker.is_alive() and not caller.is_alive() and not errors
+    _check_two_frozen_flushed(e, tmp_path / "db", big)
+    want = dump(e)
+    e.shutdown()
+    e = engine_factory()
+    assert dump(e) == want and e.get(b"k00000", 1).value == b"new"
+
+
+def test_a_flush_whose_builder_fails_is_taken_over_by_a_waiting_one(engine_factory, tmp_path):
+    big = 3000
+    e = engine_factory(max_frozen_memtables=4)
+    older, newer = _two_frozen(e, big)
+    real_write_table = e._write_table
+    failed = []
+
+    def write_table(fill):
+        if threading.current_thread().name == "failing" and not failed:
+            # Fail once the caller of flush() has built the newer table and
+            # waits for the older one to go live.
+            _wait_for(lambda: len(list((tmp_path / "db").glob("*.sst"))) == 1, "newer table built")
+            failed.append(True)
+            raise OSError(28, "No space left on device")
+        return real_write_table(fill)
+
+    e._write_table = write_table
+    errors = []
+
+    def flush_background():
+        try:
+            e._flush_frozen(wait=False)
+        except OSError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=flush_background, name="failing")
+    worker.start()
+    _wait_for(lambda: id(older) in e._building, "the failing thread claimed the older memtable")
+    # The caller of flush() builds the newer one, then takes the older over.
+    caller = threading.Thread(target=e.flush)
+    caller.start()
+    caller.join(20)
+    worker.join(10)
+    assert not caller.is_alive(), "flush() waited for a builder that had given up"
+    assert not worker.is_alive() and failed and [x.errno for x in errors] == [28]
+    _check_two_frozen_flushed(e, tmp_path / "db", big)
+
+
 def test_flushed_wal_segments_are_unlinked_by_the_flush_thread_and_at_shutdown(tmp_path):
     import time as _time
     from flowdb import Config, Engine, Record, SyncMode
