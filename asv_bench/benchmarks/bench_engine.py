@@ -14,7 +14,8 @@ on SMALL records), by 2 writer threads (IngestTwoWriters, SMALL) and in
 small batches beside a thread busy in Python (SmallBatchesBesideBusyThread), point
 gets with and without misses, get_latest, prefix scan, the 1% windows
 (Reads), bytes on disk after compaction over raw bytes
-(Storage.track_disk_over_raw) and peak memory (Memory.peakmem_*).
+(Storage.track_disk_over_raw) and peak memory (Memory.peakmem_*); and
+the flush of one memtable on its own (Flush).
 """
 import os
 import random
@@ -36,8 +37,8 @@ SERIES = 1000
 WINDOW = 0.01
 
 
-def _open(path, sync=None):
-    return Engine.open(Config(data_dir=path, wal_sync_mode=sync or SyncMode.interval_ms(100)))
+def _open(path, sync=None, **config):
+    return Engine.open(Config(data_dir=path, wal_sync_mode=sync or SyncMode.interval_ms(100), **config))
 
 
 def _check_ingested(engine, w):
@@ -63,13 +64,14 @@ class _IngestBase:
     records = RECORDS
     sync = None
     writers = 1
+    config = {}                 # other Config fields
 
     def setup(self):
         self.w = SensorWorkload(self.records, SERIES)
         self.parts = [list(self.w.batches(part=p, parts=self.writers))
                       for p in range(self.writers)]
         self.dir = tempfile.mkdtemp(prefix="flowdb-asv-")
-        self.engine = _open(self.dir, self.sync)
+        self.engine = _open(self.dir, self.sync, **self.config)
 
     def teardown(self):
         try:
@@ -126,6 +128,24 @@ class IngestTwoWriters(_IngestBase):
 
     def time_write_batch_2_writers(self):
         self._write()
+
+
+class Flush(_IngestBase):
+    """flush() of one memtable holding SMALL readings (no background
+    thread): the table build alone, which the ingest benchmarks time
+    together with the writes."""
+
+    records = SMALL
+    config = {"auto_background": False}
+
+    def setup(self):
+        super().setup()
+        for batch in self.parts[0]:
+            self.engine.write_batch(batch)
+        assert not self.engine._view.frozen, "the memtable filled before the timed flush"
+
+    def time_flush_memtable(self):
+        self.engine.flush()
 
 
 class SmallBatchesBesideBusyThread(_IngestBase):
