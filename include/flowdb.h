@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- constants (part of the on-disk format: never renumber) ---------- */
 
@@ -159,6 +160,15 @@ static inline int fdb_ikey_cmp(const uint8_t *a, size_t an, const uint8_t *b, si
     if (xa != xb) return xa < xb ? -1 : 1;
     xa = fdb_load_u64be(a + ua + 8); xb = fdb_load_u64be(b + ub + 8);
     return xa > xb ? -1 : (xa < xb ? 1 : 0);
+}
+
+/* ---- clock ------------------------------------------------------------ */
+
+/* time.perf_counter_ns() without a Python call: latency timers. */
+static inline int64_t fdb_mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 /* ---- atomics: one writer publishes, many readers read without locks ---- */

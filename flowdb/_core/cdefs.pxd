@@ -22,6 +22,8 @@ cdef extern from "flowdb.h" nogil:
     int FDB_ERR_PYTHON
     size_t FDB_MAX_VARINT64
 
+    int64_t fdb_mono_ns()
+
     void fdb_put_u32le(uint8_t *p, uint32_t v)
     uint32_t fdb_get_u32le(const uint8_t *p)
     void fdb_put_u64le(uint8_t *p, uint64_t v)

@@ -43,11 +43,10 @@ from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_write, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
     fdb_ukey_cmp, fdb_get_u64le, FDB_KIND_DELETE, FDB_KIND_PUT, FDB_KIND_RANGE_DEL,
     FDB_TRAILER_SIZE, FDB_MAX_SEQ, FDB_MAX_KEY, FDB_NEVER, FDB_OK, FDB_ERR_CORRUPTION,
-    FDB_ERR_NOMEM,
-    FDB_ERR_PYTHON)
+    FDB_ERR_NOMEM, FDB_ERR_PYTHON, fdb_mono_ns)
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XINCREF, Py_XDECREF
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from flowdb._core.iterator cimport Iterator, Source, EntryHit, VERSION_FOUND, VERSION_NONE
 from flowdb._core.merge cimport MergingIterator
 from flowdb._core.record cimport Record, make_record, check_key, check_i64
@@ -264,13 +263,6 @@ cdef int _to_version(fdb_iter *it, uint8_t *t, const uint8_t *kp, size_t kn, int
     return rc
 
 
-cdef inline int64_t _mono_ns() noexcept nogil:
-    """time.perf_counter_ns(), without a Python call."""
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
-
-
 cdef uint64_t _list_covering(list range_dels, bytes key, uint64_t snapshot) except? 0:
     """RangeDelIndex.covering_seq over a plain list: one key does not pay
     for building an index."""
@@ -321,7 +313,7 @@ cdef class ReadStats:
     cdef inline void done(self, int64_t started_ns, bint found) noexcept:
         if found:
             self.records_read += 1
-        self.query_hist.record((_mono_ns() - started_ns) // 1000)
+        self.query_hist.record((fdb_mono_ns() - started_ns) // 1000)
 
 
 @cython.final
@@ -535,7 +527,7 @@ cdef class PointReader:
     cdef object _counted_get(self, key, ts, uint64_t snapshot, ReadStats stats):
         cdef bytes k = check_key(key, "key")
         cdef int64_t t = check_i64(ts, "ts")
-        cdef int64_t started = _mono_ns() if stats is not None else 0
+        cdef int64_t started = fdb_mono_ns() if stats is not None else 0
         record = self._get(k, t, snapshot, _NOW_UNREAD, True, True)
         if stats is not None:
             stats.done(started, record is not None)
@@ -560,7 +552,7 @@ cdef class PointReader:
 
     cdef object _counted_get_latest(self, key, uint64_t snapshot, ReadStats stats):
         cdef bytes k = check_key(key, "key")
-        cdef int64_t started = _mono_ns() if stats is not None else 0
+        cdef int64_t started = fdb_mono_ns() if stats is not None else 0
         record = self._get_latest(k, snapshot, _NOW_UNREAD, True, True)
         if stats is not None:
             stats.done(started, record is not None)

@@ -13,16 +13,10 @@ from libc.errno cimport errno
 from libc.stdint cimport int64_t
 import os
 
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from flowdb._core.cdefs cimport fdb_mono_ns
 
 cdef extern from "fdb_io.h":
     ssize_t fdb_write_full(int fd, const void *buf, size_t n)
-
-
-cdef inline int64_t _now_ns() noexcept:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
 def timed_write_holding_gil(int fd, data) -> int:
@@ -37,11 +31,11 @@ def timed_write_holding_gil(int fd, data) -> int:
     cdef int64_t started
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        started = _now_ns()
+        started = fdb_mono_ns()
         got = fdb_write_full(fd, view.buf, <size_t>view.len)
         if got < 0:
             err = errno
             raise OSError(err, os.strerror(err))
-        return _now_ns() - started
+        return fdb_mono_ns() - started
     finally:
         PyBuffer_Release(&view)
