@@ -782,7 +782,7 @@ class Engine(_read.EngineReads):
                 try:
                     applier.start(mem, leader.payload, leader.seq)
                     try:
-                        self._wal.sync()
+                        self._wal.sync(applier.datasync)
                     except Exception as exc:
                         self._fail_writes(exc)
                         raise self._write_error from exc

@@ -443,10 +443,10 @@ def _blocking_sync(monkeypatch, engine):
     entered, release = threading.Event(), threading.Event()
     real = engine._wal.sync
 
-    def sync():
+    def sync(*args):
         entered.set()
         assert release.wait(10)
-        return real()
+        return real(*args)
     monkeypatch.setattr(engine._wal, "sync", sync)
     return entered, release
 
@@ -492,7 +492,7 @@ def test_always_failed_fsync_refuses_writes_and_hides_the_batch(tmp_path, monkey
     with Engine.open(str(tmp_path), wal_sync_mode=SyncMode.ALWAYS, auto_background=False) as e:
         e.write_batch([R(b"a", 1, b"ok")])
 
-        def failing_sync():
+        def failing_sync(*args):
             raise OSError(5, "injected fsync failure")
         monkeypatch.setattr(e._wal, "sync", failing_sync)
         with pytest.raises(FlowError, match="reopen"):

@@ -671,6 +671,40 @@ def test_sync_fdatasyncs_the_current_segment(tmp_path, monkeypatch):
     w.close()
 
 
+def test_sync_through_a_given_datasync_passes_a_duplicate_and_leaks_nothing(tmp_path, monkeypatch):
+    # The engine's ApplyThread.datasync makes the call: on a duplicate of the
+    # segment's descriptor, made and closed holding the GIL.  A replaced
+    # os.fdatasync (a fault injector) is called instead, and sees it.
+    w = WalWriter(tmp_path, 1, 1 << 20, Counter(2))
+    w.append([(1, payload(1))])
+    segment = os.stat(tmp_path / "000001.wal").st_ino
+    seen = []
+
+    def datasync(fd):
+        seen.append(os.fstat(fd).st_ino)
+        os.fdatasync(fd)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        w.sync(datasync)
+    assert seen == [segment] * 50
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+    events = []
+    _record_fsyncs(monkeypatch, events)
+    w.sync(datasync)
+    monkeypatch.undo()
+    assert events == [("fdatasync", "000001.wal")] and len(seen) == 50
+
+    def failing(fd):
+        raise OSError(errno.EIO, "injected")
+    with pytest.raises(OSError):
+        w.sync(failing)
+    with pytest.raises(FlowError):           # refused from then on, as after any failed sync
+        w.append([(2, payload(2))])
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    w.close()
+
+
 def test_rotation_calls_new_file_number_once_per_segment(tmp_path):
     counter = Counter(2)
     w = WalWriter(tmp_path, 1, 50, counter)

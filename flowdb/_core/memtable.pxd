@@ -53,6 +53,11 @@ cdef struct MTList:
     # unmapped with the memtable, so its memory goes back to the system.
     uint8_t *alloc_ptr
     size_t alloc_left
+    # A chunk mapped ahead and faulted in a step at a time by the
+    # ApplyThread (_arena_prefault); NULL when there is none.  Tracked in
+    # chunks from the start.  spare_ready: bytes of its mapping faulted in.
+    uint8_t *spare
+    size_t spare_ready
     void **chunks              # every allocation, for freeing
     size_t nchunks
     size_t cap_chunks
@@ -117,6 +122,7 @@ cdef struct ApplyShared:
     pthread_mutex_t mutex
     pthread_cond_t cond
     int state                  # APPLY_IDLE, APPLY_PENDING, APPLY_DONE, APPLY_STOP
+    int stop_prefault          # set by wait(): the caller's fsync is over (atomic)
     ApplyPlan plan
 
 
@@ -133,6 +139,7 @@ cdef class ApplyThread:
     cdef bytes payload
 
     cdef void _stop(self) noexcept
+    cdef void _await_done(self) noexcept nogil
     cdef void _forget_if_forked(self) noexcept
 
 

@@ -39,3 +39,28 @@ def timed_write_holding_gil(int fd, data) -> int:
         return fdb_mono_ns() - started
     finally:
         PyBuffer_Release(&view)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, int arg)
+    enum: F_DUPFD_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+
+def dup_holding_gil(int fd) -> int:
+    """os.dup(fd) (close-on-exec, as os.dup makes it) without releasing the GIL."""
+    cdef int got = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+    if got < 0:
+        err = errno
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+def close_holding_gil(int fd) -> None:
+    """os.close(fd) without releasing the GIL: for a duplicate descriptor,
+    whose close only drops a reference."""
+    if close(fd) != 0:
+        err = errno
+        raise OSError(err, os.strerror(err))

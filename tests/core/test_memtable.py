@@ -3,8 +3,10 @@ must give the same entries, seeks and range deletes."""
 import bisect
 import functools
 import gc
+import os
 import struct
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -602,3 +604,65 @@ def test_apply_thread_works_in_a_forked_child():
     assert os.waitstatus_to_exitcode(status) == 0
     applier.start(mem, B.encode_puts([Record(b"c", 1, b"v")])[0], 3)   # the parent's still works
     assert applier.wait() == 1 and len(dump(mem)) == 2
+
+
+def _readings(first, n, series=1000):
+    """Batch n of 1,000-reading batches: one reading per series, ~100-byte values."""
+    return B.encode_puts([Record(b"sensor:%06d" % (i % series), first + i // series, b"v" * 100)
+                          for i in range(n)])[0]
+
+
+def test_apply_thread_faults_in_a_spare_chunk_while_the_caller_syncs(tmp_path):
+    # The time a caller's fsync leaves the thread goes into faulting in the
+    # chunk the arena takes next; the arena takes it (a new spare follows),
+    # and every entry is where it belongs.
+    mem, applier, model = MemTable(), ApplyThread(), Model()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    seq, spares = 1, set()
+    try:
+        for b in range(24):
+            payload = _readings(b, 1000)
+            applier.start(mem, payload, seq)
+            time.sleep(0.005)                 # a slow disk: room for the whole spare
+            applier.datasync(fd)
+            assert applier.wait() == 1000
+            model.apply(B.decode_batch(payload), seq)
+            seq += 1000
+            info = mem.arena_info()
+            assert info["spare_ready"] == 1 << 20     # faulted in completely
+            spares.add(info["spare"])
+    finally:
+        os.close(fd)
+        applier.close()
+    # ~130 KB a batch: the arena runs through a 1 MiB chunk every ~8 batches.
+    assert len(spares) >= 3
+    check_equal(mem, model)
+
+
+def test_apply_thread_stops_faulting_in_once_the_caller_waits():
+    # wait() right after start(): the thread inserts, sees the caller is
+    # done with its fsync, and faults nothing in.
+    mem, applier = MemTable(), ApplyThread()
+    applier.start(mem, _readings(0, 100_000), 1)
+    assert applier.wait() == 100_000
+    assert mem.arena_info()["spare_ready"] in (None, 0)
+    applier.close()
+
+
+def test_apply_thread_datasync_syncs_then_waits_and_reports_errors(tmp_path):
+    import errno
+    mem, applier = MemTable(), ApplyThread()
+    with pytest.raises(RuntimeError, match="without start"):
+        applier.datasync(0)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"x")
+    applier.start(mem, _readings(0, 1000), 1)
+    assert applier.datasync(fd) is None
+    assert applier.wait() == 1000
+    os.close(fd)
+    applier.start(mem, _readings(1, 1000), 1001)
+    with pytest.raises(OSError) as info:
+        applier.datasync(fd)                  # closed: EBADF, and the batch still goes in
+    assert info.value.errno == errno.EBADF
+    assert applier.wait() == 1000 and len(dump(mem)) == 2000
+    applier.close()
