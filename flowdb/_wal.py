@@ -311,23 +311,24 @@ class WalWriter:
         """fdatasync the current segment (see the module docstring for what it covers).
 
         `datasync(fd)`, if given, makes the call in its place (the engine's
-        ApplyThread.datasync), unless a test's fault injector has replaced
-        os.fdatasync, os.dup or os.close: it then sees every call."""
-        # Each call that gives the GIL away costs winning it back from a
-        # busy flush: the duplicate descriptor is made and dropped holding it.
-        native = (datasync is not None and os.fdatasync is _os_fdatasync
-                  and os.dup is _os_dup and os.close is _os_close)
+        ApplyThread.datasync).  A test's fault injector that replaces
+        os.fdatasync, os.dup or os.close sees every call to it."""
+        if datasync is None or os.fdatasync is not _os_fdatasync:
+            datasync = _datasync
+        # Each call that gives the GIL away costs winning it back from a busy
+        # flush: the duplicate descriptor is made and dropped holding it.
+        held = os.dup is _os_dup and os.close is _os_close
         with self._swap_lock:
             self._check_usable()
-            fd = dup_holding_gil(self._fd) if native else os.dup(self._fd)
+            fd = dup_holding_gil(self._fd) if held else os.dup(self._fd)
             number, size = self._number, self._size
         try:
-            (datasync if native else _datasync)(fd)
+            datasync(fd)
         except OSError as exc:
             self._fail(exc)
             raise
         finally:
-            close_holding_gil(fd) if native else os.close(fd)
+            close_holding_gil(fd) if held else os.close(fd)
         with self._swap_lock:
             if self._number == number and size > self._synced:
                 self._synced = size

@@ -806,7 +806,6 @@ cdef class ApplyThread:
         """Wait for the batch start() began; returns its number of entries."""
         if self.mem is None:
             raise RuntimeError("ApplyThread.wait() without start()")
-        fdb_store_relaxed(&self.shared.stop_prefault, 1)
         pthread_mutex_lock(&self.shared.mutex)
         if self.shared.state != APPLY_DONE:
             # Still inserting: wait without the GIL.

@@ -19,6 +19,12 @@ cdef extern from "fdb_io.h":
     ssize_t fdb_write_full(int fd, const void *buf, size_t n)
 
 
+cdef object _errno_error():
+    # The OSError os.* raises for the errno a failed call left.
+    cdef int err = errno
+    return OSError(err, os.strerror(err))
+
+
 def timed_write_holding_gil(int fd, data) -> int:
     """write(2) all of `data` (bytes-like) at fd's position, looping on
     short writes and EINTR, without releasing the GIL; returns the
@@ -27,15 +33,13 @@ def timed_write_holding_gil(int fd, data) -> int:
     then be in the file."""
     cdef Py_buffer view
     cdef ssize_t got
-    cdef int err
     cdef int64_t started
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         started = fdb_mono_ns()
         got = fdb_write_full(fd, view.buf, <size_t>view.len)
         if got < 0:
-            err = errno
-            raise OSError(err, os.strerror(err))
+            raise _errno_error()
         return fdb_mono_ns() - started
     finally:
         PyBuffer_Release(&view)
@@ -53,8 +57,7 @@ def dup_holding_gil(int fd) -> int:
     """os.dup(fd) (close-on-exec, as os.dup makes it) without releasing the GIL."""
     cdef int got = fcntl(fd, F_DUPFD_CLOEXEC, 0)
     if got < 0:
-        err = errno
-        raise OSError(err, os.strerror(err))
+        raise _errno_error()
     return got
 
 
@@ -62,5 +65,4 @@ def close_holding_gil(int fd) -> None:
     """os.close(fd) without releasing the GIL: for a duplicate descriptor,
     whose close only drops a reference."""
     if close(fd) != 0:
-        err = errno
-        raise OSError(err, os.strerror(err))
+        raise _errno_error()
