@@ -10,12 +10,14 @@
 Concurrency rules (lock order: _compact_lock -> _write_lock -> _flush_lock -> _mutex):
 - One write leader at a time holds _write_lock while it takes seqs and
   writes its group to the WAL (group commit: one write and one fsync for
-  the writers queued on _write_cv).  It then releases it, so the next
-  leader's WAL write overlaps this group's memtable inserts, which every
-  writer of the group does for its own batch, in parallel and without the
-  GIL (MemTable.apply_concurrent).  Groups publish (raise _visible_seq) in
-  seq order, each after its inserts and its fsync; a freeze waits for the
-  groups in flight (_inflight), so a frozen memtable is complete.
+  the writers queued on _write_cv; a writer that finds no queue and the
+  lock free is a group of one, and skips the queue).  It then releases
+  it, so the next leader's WAL write overlaps this group's memtable
+  inserts, which every writer of the group does for its own batch, in
+  parallel and without the GIL (MemTable.apply_concurrent).  Groups
+  publish (raise _visible_seq) in seq order, each after its inserts and
+  its fsync; a freeze waits for the groups in flight (_inflight), so a
+  frozen memtable is complete.
 - Flushes: a frozen memtable's table is built by whichever thread claims it
   (_building: the flush thread, or a caller of flush() that would otherwise
   wait), and goes live in freeze order under _flush_lock: a flush puts a new
@@ -605,7 +607,8 @@ class Engine(_read.EngineReads):
             return patched
 
     def _commit(self, payload, count, raw, sync):
-        """Group commit: queue, and either ride a leader's group or lead one."""
+        """Group commit: lead alone when nobody waits, else queue, and either
+        ride a leader's group or lead one."""
         if count == 0:
             return
         started = time.perf_counter_ns()
@@ -613,17 +616,45 @@ class Engine(_read.EngineReads):
                 _policy.active_runs(self._view.runs, self._settled) > self._stall_runs):
             self._stall()
         w = _Writer(payload, count, sync)
+        if not self._queue and self._write_lock.acquire(False):
+            # Nobody waits and no leader writes: a group of one needs no
+            # queue, which saves a small batch three lock round trips and
+            # two notify_all.  A writer arriving meanwhile queues, and
+            # leads the next group.
+            self._lead([w], queued=False)
+        else:
+            self._join(w)
+        if w.error is not None:
+            raise w.error
+        self._records_written += count
+        self._bytes_written += raw
+        self._write_hist.record((time.perf_counter_ns() - started) // 1000)
+
+    def _join(self, w):
+        """Queue w; lead the group of everyone queued once w is at the head,
+        or, taken into a leader's group, insert w's batch in parallel."""
         cv = self._write_cv
         with cv:
             if self._write_error is not None:
                 raise self._write_error
-            self._queue.append(w)
             queue = self._queue
+            queue.append(w)
             # Until a leader takes it into a group, w is in the queue.
             while not w.taken and queue[0] is not w:
                 cv.wait()
-            group = None
-            if not w.taken:
+            if w.taken:
+                while not w.done and w.mem is None:
+                    cv.wait()
+        if not w.taken:
+            # The head: the group is whoever queued by the time the WAL is free.
+            try:
+                self._write_lock.acquire()
+            except BaseException:             # interrupted: let the next writer lead
+                with cv:
+                    queue.remove(w)
+                    cv.notify_all()
+                raise
+            with cv:
                 group, size = [], 0
                 for x in queue:
                     x.taken = True
@@ -631,11 +662,7 @@ class Engine(_read.EngineReads):
                     size += len(x.payload)
                     if size >= _GROUP_MAX_BYTES:
                         break
-            else:
-                while not w.done and w.mem is None:
-                    cv.wait()
-        if group is not None:
-            self._lead(group)
+            self._lead(group, queued=True)
         elif w.mem is not None:
             # A leader wrote this batch to the WAL: insert it in parallel with
             # the rest of the group, then wait for the leader to publish.
@@ -648,35 +675,33 @@ class Engine(_read.EngineReads):
                 cv.notify_all()
                 while not w.done:
                     cv.wait()
-        if w.error is not None:
-            raise w.error
-        self._records_written += count
-        self._bytes_written += raw
-        self._write_hist.record((time.perf_counter_ns() - started) // 1000)
 
-    def _lead(self, group):
-        """The leader's work (pipelined: the next leader starts on the WAL as
-        soon as this group is in it, while this one is still inserting)."""
+    def _lead(self, group, queued):
+        """The leader's work, entered holding _write_lock; errors go to every
+        writer's .error.  Pipelined: the next leader starts on the WAL as soon
+        as this group is in it, while this one is still inserting."""
         cv = self._write_cv
         inflight = None
         try:
             try:
-                with self._write_lock:
-                    inflight = self._write_group(group)
+                inflight = self._write_group(group)
             finally:
-                with cv:
-                    for _ in group:
-                        self._queue.popleft()
-                    cv.notify_all()
+                self._write_lock.release()
+                if queued:
+                    with cv:
+                        for _ in group:
+                            self._queue.popleft()
+                        cv.notify_all()
             self._finish_group(group, *inflight)
         except BaseException as exc:
             for w in group:
                 w.error = exc
         finally:
-            with cv:
-                for w in group:
-                    w.done = True
-                cv.notify_all()
+            if len(group) > 1:               # followers wait for .done
+                with cv:
+                    for w in group:
+                        w.done = True
+                    cv.notify_all()
 
     def _stall(self):
         """Slow a writer while compaction is behind (too many runs).

@@ -451,6 +451,95 @@ def _blocking_sync(monkeypatch, engine):
     return entered, release
 
 
+def test_writers_queued_while_the_wal_is_busy_commit_as_one_group(tmp_path, monkeypatch):
+    # A lone writer commits without the queue; the writers that arrive while
+    # its WAL write is under way queue, and the first of them leads all of
+    # them: one WAL write and one fsync for the three.
+    import threading
+    with Engine.open(str(tmp_path), wal_sync_mode=SyncMode.ALWAYS, auto_background=False) as e:
+        entered, release = threading.Event(), threading.Event()
+        appends, syncs = [], []
+        real_append, real_sync = e._wal.append, e._wal.sync
+
+        def append(entries):
+            appends.append(len(entries))
+            if len(appends) == 1:
+                entered.set()
+                assert release.wait(10)
+            return real_append(entries)
+
+        def sync(*args):
+            syncs.append(len(appends))
+            return real_sync(*args)
+        monkeypatch.setattr(e._wal, "append", append)
+        monkeypatch.setattr(e._wal, "sync", sync)
+        first = threading.Thread(target=e.write_batch, args=([R(b"a", 1, b"first")],))
+        first.start()
+        assert entered.wait(10)
+        others = [threading.Thread(target=e.write_batch, args=([R(b"b%d" % i, 1, b"v")],))
+                  for i in range(3)]
+        for t in others:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(e._queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(e._queue) == 3
+        release.set()
+        for t in [first] + others:
+            t.join(10)
+        assert appends == [1, 3]
+        assert len(syncs) == 2
+        assert [r.key for r in e.query_by_prefix(b"")] == [b"a", b"b0", b"b1", b"b2"]
+        assert not e._queue
+
+
+def test_writer_interrupted_while_waiting_to_lead_leaves_the_queue(tmp_path, monkeypatch):
+    # The head of the queue waits for the WAL a lone writer holds; a
+    # KeyboardInterrupt there takes it out of the queue, so that later
+    # writers are not left waiting for a leader that is gone.
+    import signal
+    import sys
+    import threading
+    with Engine.open(str(tmp_path), auto_background=False) as e:
+        entered, release = threading.Event(), threading.Event()
+        real_append = e._wal.append
+
+        def append(entries):
+            if not entered.is_set():
+                entered.set()
+                assert release.wait(10)
+            return real_append(entries)
+        monkeypatch.setattr(e._wal, "append", append)
+        lone = threading.Thread(target=e.write_batch, args=([R(b"a", 1, b"v")],))
+        lone.start()
+        assert entered.wait(10)
+        main = threading.get_ident()
+
+        def interrupt_when_waiting():
+            # The main thread's innermost Python frame stays _join only
+            # while it blocks in _write_lock.acquire().
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                frame = sys._current_frames().get(main)
+                if frame is not None and frame.f_code.co_name == "_join" and len(e._queue) == 1:
+                    time.sleep(0.02)
+                    frame = sys._current_frames().get(main)
+                    if frame is not None and frame.f_code.co_name == "_join":
+                        break
+                time.sleep(0.001)
+            signal.pthread_kill(main, signal.SIGINT)
+        interrupter = threading.Thread(target=interrupt_when_waiting)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            e.write_batch([R(b"b", 1, b"v")])
+        interrupter.join(10)
+        assert not e._queue
+        release.set()
+        lone.join(10)
+        e.write_batch([R(b"c", 1, b"v")])
+        assert [r.key for r in e.query_by_prefix(b"")] == [b"a", b"c"]
+
+
 def test_always_write_is_invisible_until_its_fsync_returns(tmp_path, monkeypatch):
     import threading
     with Engine.open(str(tmp_path), wal_sync_mode=SyncMode.ALWAYS, auto_background=False) as e:
