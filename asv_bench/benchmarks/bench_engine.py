@@ -148,7 +148,33 @@ class Flush(_IngestBase):
         self.engine.flush()
 
 
-class SmallBatchesBesideBusyThread(_IngestBase):
+class _SmallBatchesBase(_IngestBase):
+    """Batches of 10 readings from 10 series, one writer, no flush."""
+
+    records = 200_000
+
+    def setup(self):
+        self.w = SensorWorkload(self.records, 10, 10)
+        self.parts = [list(self.w.batches())]
+        self.dir = tempfile.mkdtemp(prefix="flowdb-asv-")
+        self.engine = _open(self.dir)
+
+    def _write_small(self):
+        # No flush: a flush beside a busy thread is another matter (docs/PERFORMANCE.md).
+        write = self.engine.write_batch
+        for batch in self.parts[0]:
+            write(batch)
+
+
+class SmallBatches(_SmallBatchesBase):
+    """20,000 batches, nothing else running: the fixed cost of a commit (group commit, WAL
+    record, memtable insert)."""
+
+    def time_small_batches(self):
+        self._write_small()
+
+
+class SmallBatchesBesideBusyThread(_SmallBatchesBase):
     """2,000 batches of 10 readings while another thread spins in Python.
 
     Each time a write gives the GIL away, winning it back costs the writer
@@ -158,10 +184,7 @@ class SmallBatchesBesideBusyThread(_IngestBase):
     records = 20_000
 
     def setup(self):
-        self.w = SensorWorkload(self.records, 10, 10)
-        self.parts = [list(self.w.batches())]
-        self.dir = tempfile.mkdtemp(prefix="flowdb-asv-")
-        self.engine = _open(self.dir)
+        super().setup()
         self.stop = threading.Event()
         self.spinner = threading.Thread(target=self._spin)
         self.spinner.start()
@@ -177,10 +200,7 @@ class SmallBatchesBesideBusyThread(_IngestBase):
         super().teardown()
 
     def time_small_batches_beside_busy_thread(self):
-        # No flush: a flush beside a busy thread is another matter (docs/PERFORMANCE.md).
-        write = self.engine.write_batch
-        for batch in self.parts[0]:
-            write(batch)
+        self._write_small()
 
 
 class Reads:
