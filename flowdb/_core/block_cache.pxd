@@ -1,16 +1,25 @@
 # cython: language_level=3
 """The block cache, seen from Cython (see block_cache.pyx)."""
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
 
 
 # What the table knows about a cached block besides its bytes: the result of
 # checking its restart array (block.pxd: block_iter_reset), so an iterator
 # over the cached block may skip the check (block_iter_reset_trusted).
+cdef enum:
+    BLOCK_META_RESTARTS = 16
+
 cdef struct BlockMeta:
     size_t data_end           # offset of the restart array
     uint32_t num_restarts
     bint trusted              # data_end/num_restarts are valid for these bytes
+    # The offsets of the restart points when there are at most
+    # BLOCK_META_RESTARTS and they fit in 16 bits (else n_restart_offsets is
+    # 0): a reader prefetches those entries as soon as it has the block,
+    # alongside the restart array, instead of after reading it.
+    uint32_t n_restart_offsets
+    uint16_t restart_offsets[BLOCK_META_RESTARTS]
 
 
 # One slot of the entry arena.  A live entry owns one reference to `data`;

@@ -5,7 +5,8 @@ Keys are (file_number, block_offset), two unsigned 64-bit integers; values
 are the block's bytes (exact ``bytes`` objects), charged by ``len``.  Beside
 each block the cache keeps its BlockMeta: where its restart array starts and
 how many restarts it has, as checked once when the block was read from disk
-(table.pyx), so iterators over a cached block skip that check.  Blocks put
+(table.pyx), so iterators over a cached block skip that check, and the restart
+offsets themselves when there are few, which a reader prefetches.  Blocks put
 from Python carry no meta (``trusted`` is false) and are checked on every use.
 
 One cache is shared by every TableReader of an engine and by every thread.
@@ -29,7 +30,7 @@ the whole capacity is not stored (it would evict everything and then
 itself).  Usage counts only the bytes of the values, not the ~100 bytes of
 bookkeeping per entry (the bytes object header, the arena and the table).
 """
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
@@ -60,6 +61,18 @@ cdef int _key(object key, uint64_t *file, uint64_t *offset) except -1:
     file[0] = PyNumber_Index((<tuple>key)[0])
     offset[0] = PyNumber_Index((<tuple>key)[1])
     return 0
+
+
+cdef _check_restart_offsets(bytes data, const BlockMeta *meta):
+    """Asserts that the restart offsets kept in a trusted meta are the
+    block's own, and kept exactly when there are few and they fit (_check)."""
+    cdef const unsigned char *p = data
+    cdef uint32_t i, n = meta.num_restarts
+    few = n <= BLOCK_META_RESTARTS and meta.data_end <= 0xFFFF
+    assert meta.n_restart_offsets == (n if few else 0)
+    for i in range(meta.n_restart_offsets):
+        assert meta.restart_offsets[i] == int.from_bytes(
+            p[meta.data_end + 4 * i:meta.data_end + 4 * i + 4], "little")
 
 
 cdef class BlockCache:
@@ -318,6 +331,7 @@ cdef class BlockCache:
         meta.data_end = 0
         meta.num_restarts = 0
         meta.trusted = False
+        meta.n_restart_offsets = 0
         if self.insert(file, offset, value, &meta) != 0:
             raise MemoryError()
 
@@ -364,6 +378,8 @@ cdef class BlockCache:
             assert ent.charge == <size_t>PyBytes_GET_SIZE(<object>ent.data)
             assert self._find(ent.file, ent.offset, ent.hash, &slot) == e
             assert ent.hash == _hash(ent.file, ent.offset)
+            if ent.meta.trusted:
+                _check_restart_offsets(<bytes>ent.data, &ent.meta)
             total += ent.charge
             n += 1
             prev = e

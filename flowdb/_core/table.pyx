@@ -32,7 +32,7 @@ import snappy as _snappy
 import ujson
 
 from cpython.object cimport PyTypeObject
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close
@@ -41,7 +41,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_cmp, fdb_ukey_cmp, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
-    fdb_get_u64le, fdb_put_u64le, fdb_put_varint, fdb_get_varint, fdb_ikey_write,
+    fdb_get_u32le, fdb_get_u64le, fdb_put_u64le, fdb_put_varint, fdb_get_varint, fdb_ikey_write,
     FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_IO, FDB_ERR_NOMEM, FDB_ERR_PYTHON,
     FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
     FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
@@ -53,8 +53,8 @@ from flowdb._core.block cimport (
     block_builder_finish, block_builder_reset, block_builder_free,
     BlockFloor, block_iter_floor,
     block_iter_init, block_iter_reset, block_iter_reset_trusted, block_iter_seek_to_last,
-    block_iter_free)
-from flowdb._core.block_cache cimport BlockCache, BlockMeta
+    block_iter_free, fdb_prefetch)
+from flowdb._core.block_cache cimport BlockCache, BlockMeta, BLOCK_META_RESTARTS
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -407,9 +407,7 @@ cdef class TableBuilder:
             # block is exactly what reading it back would have cached.
             if block_iter_reset(&blk, <const uint8_t *><const char *>raw, len(raw)) != FDB_OK:
                 return
-            meta.data_end = blk.data_end
-            meta.num_restarts = blk.num_restarts
-            meta.trusted = True
+            _trusted_meta(&blk, &meta)
             cache.insert(self.warm_file, off, raw, &meta)
         finally:
             block_iter_free(&blk)
@@ -600,6 +598,29 @@ cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
     return v
 
 
+cdef inline void _trusted_meta(const CBlockIter *blk, BlockMeta *meta) noexcept nogil:
+    """What the block cache keeps beside a block whose restart array
+    block_iter_reset accepted (the array is in the CPU caches then)."""
+    cdef uint32_t i
+    meta.data_end = blk.data_end
+    meta.num_restarts = blk.num_restarts
+    meta.trusted = True
+    meta.n_restart_offsets = 0
+    if blk.num_restarts <= BLOCK_META_RESTARTS and blk.data_end <= 0xFFFF:
+        for i in range(blk.num_restarts):
+            meta.restart_offsets[i] = <uint16_t>fdb_get_u32le(blk.data + blk.data_end + 4 * i)
+        meta.n_restart_offsets = blk.num_restarts
+
+
+cdef inline void _prefetch_restart_entries(const uint8_t *data, const BlockMeta *meta) noexcept nogil:
+    """A cached block is usually cold in the CPU caches, and a seek reads
+    the restart array, then the restart entries: asking for the entries now
+    overlaps their misses with the array's (and the bytes object's header)."""
+    cdef uint32_t i
+    for i in range(meta.n_restart_offsets):
+        fdb_prefetch(data + meta.restart_offsets[i])
+
+
 # The index search.  A binary search over the blocks' last keys misses the
 # CPU cache at every step (an IndexEntry, then its key).  So each key also
 # gets a "normalized prefix" in a dense array: its user key after the bytes
@@ -660,6 +681,11 @@ cdef Py_ssize_t _index_lower_bound(const IndexSearch *s, const uint8_t *t,
         lo = _first(s.norm, 0, s.n, nt, False)
         hi = _first(s.norm, lo, s.n, nt, True)
         if s.ts != NULL and lo < hi:      # one user key: ts orders the run
+            # The caller reads the answer's IndexEntry next, a miss of its
+            # own: ask for the run's entries while ts narrows it down.
+            if hi - lo < 8:
+                for mid in range(lo, hi + 1 if hi < s.n else hi):
+                    fdb_prefetch(&s.index[mid])
             tts = fdb_ikey_ts(t, tn)
             lo = _first(s.ts, lo, hi, tts, False)
             hi = _first(s.ts, lo, hi, tts, True)
@@ -944,6 +970,7 @@ cdef class TableReader(Source):
                 meta.data_end = 0
                 meta.num_restarts = 0
                 meta.trusted = False
+                meta.n_restart_offsets = 0
                 cache.insert(self.cache_file, offset, data, &meta)
         return data
 
@@ -963,6 +990,7 @@ cdef class TableReader(Source):
         if data is not None:
             self.blocks_loaded += 1
             if meta.trusted:
+                _prefetch_restart_entries(<const uint8_t *><const char *>data, &meta)
                 block_iter_reset_trusted(blk, <const uint8_t *><const char *>data, len(data),
                                          meta.data_end, meta.num_restarts)
                 return data
@@ -976,9 +1004,7 @@ cdef class TableReader(Source):
             raise self._block_error(blk, e.offset)
         cache = self.block_cache            # None once the table is retired (detach_cache)
         if fill_cache and verify and cache is not None:
-            meta.data_end = blk.data_end
-            meta.num_restarts = blk.num_restarts
-            meta.trusted = True
+            _trusted_meta(blk, &meta)
             cache.insert(self.cache_file, e.offset, data, &meta)
         return data
 

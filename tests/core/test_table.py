@@ -582,6 +582,28 @@ def test_warmed_blocks_are_trusted_like_blocks_read_back(tmp_path):
     assert r.blocks_read == 0
 
 
+@pytest.mark.parametrize("block_size, value_size", [
+    (512, 20),          # one or two restart points per block
+    (8192, 100),        # the default block, a handful of restarts
+    (8192, 0),          # small entries: more restarts than the meta keeps
+    (100_000, 100),     # restart offsets beyond 16 bits
+])
+def test_cached_blocks_keep_their_restart_offsets(tmp_path, block_size, value_size):
+    # A trusted block's meta carries its restart offsets (readers prefetch
+    # their entries) exactly when there are few and they fit in 16 bits:
+    # BlockCache._check compares them with the block's own restart array.
+    model = series(40, 60, value_size=value_size)
+    write_table(tmp_path / "t.sst", model, block_size=block_size)
+    cache = BlockCache(64 << 20)
+    r = TableReader(str(tmp_path / "t.sst"), 9, cache)
+    assert scan(r.new_iterator()) == model
+    for k, v in model[::5]:
+        it = r.new_iterator()
+        it.seek(k)
+        assert current(it) == (k, v)
+    assert len(cache) > 0 and cache._check()
+
+
 def test_warming_only_fills_free_room(tmp_path):
     cache = BlockCache(6000)
     cache.put((1, 0), b"x" * 1000)          # in use: warming must not push it out
