@@ -4,12 +4,13 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
 
 
-# What the table knows about a cached block besides its bytes: the result of
-# checking its restart array (block.pxd: block_iter_reset), so an iterator
-# over the cached block may skip the check (block_iter_reset_trusted).
 cdef enum:
     BLOCK_META_RESTARTS = 16
 
+
+# What the table knows about a cached block besides its bytes: the result of
+# checking its restart array (block.pxd: block_iter_reset), so an iterator
+# over the cached block may skip the check (block_iter_reset_trusted).
 cdef struct BlockMeta:
     size_t data_end           # offset of the restart array
     uint32_t num_restarts
@@ -20,6 +21,15 @@ cdef struct BlockMeta:
     # alongside the restart array, instead of after reading it.
     uint32_t n_restart_offsets
     uint16_t restart_offsets[BLOCK_META_RESTARTS]
+
+
+# The meta of a block nobody checked (a meta block, or bytes put from
+# Python): iterators check it on every use, and nothing is prefetched.
+cdef inline void untrusted_meta(BlockMeta *meta) noexcept nogil:
+    meta.data_end = 0
+    meta.num_restarts = 0
+    meta.trusted = False
+    meta.n_restart_offsets = 0
 
 
 # One slot of the entry arena.  A live entry owns one reference to `data`;

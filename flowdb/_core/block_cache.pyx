@@ -328,10 +328,7 @@ cdef class BlockCache:
         if not PyBytes_CheckExact(value):
             raise TypeError(f"a BlockCache value is bytes, not {type(value).__name__}")
         _key(key, &file, &offset)
-        meta.data_end = 0
-        meta.num_restarts = 0
-        meta.trusted = False
-        meta.n_restart_offsets = 0
+        untrusted_meta(&meta)
         if self.insert(file, offset, value, &meta) != 0:
             raise MemoryError()
 

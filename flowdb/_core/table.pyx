@@ -54,7 +54,8 @@ from flowdb._core.block cimport (
     BlockFloor, block_iter_floor,
     block_iter_init, block_iter_reset, block_iter_reset_trusted, block_iter_seek_to_last,
     block_iter_free, fdb_prefetch)
-from flowdb._core.block_cache cimport BlockCache, BlockMeta, BLOCK_META_RESTARTS
+from flowdb._core.block_cache cimport (BlockCache, BlockMeta, BLOCK_META_RESTARTS,
+                                       untrusted_meta)
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -672,7 +673,7 @@ cdef inline Py_ssize_t _first(const _sorted_key *a, Py_ssize_t lo, Py_ssize_t hi
 cdef Py_ssize_t _index_lower_bound(const IndexSearch *s, const uint8_t *t,
                                    size_t tn) noexcept nogil:
     """The first block whose last key is >= t (n if none)."""
-    cdef Py_ssize_t lo = 0, hi = s.n, mid
+    cdef Py_ssize_t lo = 0, hi = s.n, mid, run
     cdef size_t tu = tn - FDB_TRAILER_SIZE
     cdef uint64_t nt
     cdef int64_t tts
@@ -684,8 +685,8 @@ cdef Py_ssize_t _index_lower_bound(const IndexSearch *s, const uint8_t *t,
             # The caller reads the answer's IndexEntry next, a miss of its
             # own: ask for the run's entries while ts narrows it down.
             if hi - lo < 8:
-                for mid in range(lo, hi + 1 if hi < s.n else hi):
-                    fdb_prefetch(&s.index[mid])
+                for run in range(lo, hi + 1 if hi < s.n else hi):
+                    fdb_prefetch(&s.index[run])
             tts = fdb_ikey_ts(t, tn)
             lo = _first(s.ts, lo, hi, tts, False)
             hi = _first(s.ts, lo, hi, tts, True)
@@ -967,10 +968,7 @@ cdef class TableReader(Source):
             data = self._read_block(offset, size, True, what)
             self.blocks_read += 1
             if cache is not None:
-                meta.data_end = 0
-                meta.num_restarts = 0
-                meta.trusted = False
-                meta.n_restart_offsets = 0
+                untrusted_meta(&meta)
                 cache.insert(self.cache_file, offset, data, &meta)
         return data
 
