@@ -44,6 +44,8 @@ cdef class TableBuilder:
     # (FDB_ERR_IO, FDB_ERR_NOMEM) is sticky: every later call fails with it.
     cdef int add(self, const unsigned char *ikey, size_t ikey_len,
                  const unsigned char *value, size_t value_len) noexcept nogil
+    # The size the file would have if finished now (about); no GIL needed.
+    cdef uint64_t size_estimate(self) noexcept nogil
 
     cdef readonly object path         # the file being written
     cdef int fd                       # -1 once finished or abandoned

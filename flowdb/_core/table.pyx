@@ -28,7 +28,6 @@ import os
 import struct
 
 import crc32c as _crc32c
-import snappy as _snappy
 import ujson
 
 from cpython.object cimport PyTypeObject
@@ -56,6 +55,8 @@ from flowdb._core.block cimport (
     block_iter_free, fdb_prefetch)
 from flowdb._core.block_cache cimport (BlockCache, BlockMeta, BLOCK_META_RESTARTS,
                                        untrusted_meta)
+from flowdb._core.snappy cimport (
+    fdb_snappy_compress, fdb_snappy_decompress, fdb_snappy_max_compressed, fdb_snappy_ulen)
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -69,12 +70,17 @@ cdef extern from "Python.h":
 
 # -- format constants (docs/FORMAT.md; never renumber) ---------------------------
 
+cdef enum:
+    _BLOCK_TRAILER_SIZE = 1 + 4
+    _BLOCK_HANDLE_SIZE = 8 + 8
+    _FOOTER_SIZE = 4 * _BLOCK_HANDLE_SIZE + 4 + 4 + 8
+
 #: type:u8 crc:u32le after every block.
-BLOCK_TRAILER_SIZE = 1 + 4
+BLOCK_TRAILER_SIZE = _BLOCK_TRAILER_SIZE
 #: offset:u64le size:u64le.
-BLOCK_HANDLE_SIZE = 8 + 8
+BLOCK_HANDLE_SIZE = _BLOCK_HANDLE_SIZE
 #: index, bloom, props, range-del handles; format_version; crc; magic.
-FOOTER_SIZE = 4 * BLOCK_HANDLE_SIZE + 4 + 4 + 8
+FOOTER_SIZE = _FOOTER_SIZE
 #: The last 8 bytes of every table.
 TABLE_MAGIC = b"FLOWSST\x00"
 #: The table format this code writes and reads.
@@ -92,6 +98,11 @@ cdef enum:
     _INDEX_VALUE_MAX = 2 * 10 + _INDEX_BOUNDS   # two varints + the bounds
     # Not format: bytes of cut data blocks (uncompressed) queued before they are written.
     _PENDING_BYTES = 256 * 1024
+    # Not format: an iterator with read_ahead (a compaction's inputs) reads
+    # up to this many following blocks, or this many bytes of them
+    # decompressed, each time it takes the GIL to read one.
+    _READAHEAD_BLOCKS = 32
+    _READAHEAD_BYTES = 256 * 1024
 
 #: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
 INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
@@ -104,6 +115,9 @@ MAX_BLOCK_SIZE = 1 << 30
 # Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
 # stored block claiming more is corrupt and is not handed to the decompressor.
 _SNAPPY_MAX_RATIO = 32
+# Not format: blocks at least this big are (de)compressed with the GIL
+# released; smaller ones keep it, which costs less than winning it back.
+_SNAPPY_NOGIL_BYTES = 1 << 18
 
 _PROPS_INT_FIELDS = (
     "num_entries", "num_deletes", "num_range_dels", "num_data_blocks",
@@ -112,6 +126,23 @@ _PROPS_INT_FIELDS = (
 _PROPS_KEY_FIELDS = ("smallest_key", "largest_key")
 
 _handle = struct.Struct("<QQ")
+
+
+cdef bytes _snappy_compress(raw):
+    """The snappy stream of raw (a bytes-like object), by the core's own
+    codec (include/fdb_snappy.h): plain C, so a builder holding the GIL for a
+    batch of blocks keeps it."""
+    cdef const uint8_t[::1] src = raw
+    cdef size_t n = src.shape[0], m
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>fdb_snappy_max_compressed(n))
+    cdef uint8_t *dst = <uint8_t *>PyBytes_AS_STRING(out)
+    cdef const uint8_t *p = &src[0] if n else dst
+    if n >= _SNAPPY_NOGIL_BYTES:
+        with nogil:
+            m = fdb_snappy_compress(p, n, dst)
+    else:
+        m = fdb_snappy_compress(p, n, dst)
+    return out[:m]
 
 
 cdef bytes _trailer(int typ, stored):
@@ -382,7 +413,7 @@ cdef class TableBuilder:
 
     cdef tuple _write_block(self, object raw):
         """Appends raw as a stored block with its trailer; returns its handle."""
-        compressed = _snappy.compress(raw)
+        compressed = _snappy_compress(raw)
         if 8 * len(compressed) <= (8 - COMPRESSION_MIN_SAVING_EIGHTHS) * len(raw):
             stored, typ = compressed, COMPRESSION_SNAPPY
         else:
@@ -455,15 +486,18 @@ cdef class TableBuilder:
     @property
     def file_size_estimate(self):
         """The size the file would have if finished now (about)."""
+        return self.size_estimate()
+
+    cdef uint64_t size_estimate(self) noexcept nogil:
         # Queued blocks as they will be stored: compressed as the written ones
         # were, plus trailers and index entries.
-        pending = self.pend_raw_len
+        cdef uint64_t pending = self.pend_raw_len
         if self.raw_written:
             pending = pending * self.stored_written // self.raw_written
         # An index entry: its key, three varint lengths, two short varints, the bounds.
-        pending += self.pend_keys_len + self.npend * (BLOCK_TRAILER_SIZE + 3 + 8 + _INDEX_BOUNDS)
+        pending += self.pend_keys_len + self.npend * (_BLOCK_TRAILER_SIZE + 3 + 8 + _INDEX_BOUNDS)
         return (self.offset + pending + block_builder_estimate(&self.data_block)
-                + block_builder_estimate(&self.index_block) + FOOTER_SIZE)
+                + block_builder_estimate(&self.index_block) + _FOOTER_SIZE)
 
     cdef dict _props(self):
         cdef bint empty = self.num_entries == 0
@@ -589,14 +623,6 @@ cdef extern from "fdb_io.h" nogil:
     ctypedef long ssize_t
     ssize_t fdb_pread_cached(int fd, void *buf, size_t n, uint64_t off)
     ssize_t fdb_pread_full(int fd, void *buf, size_t n, uint64_t off)
-
-
-cdef uint64_t _snappy_claimed_length(const uint8_t *p, size_t n) noexcept nogil:
-    """The uncompressed length a snappy stream starts with (UINT64_MAX if unreadable)."""
-    cdef uint64_t v = 0
-    if fdb_get_varint(p, p + n, &v) == NULL:
-        return <uint64_t>-1
-    return v
 
 
 cdef inline void _trusted_meta(const CBlockIter *blk, BlockMeta *meta) noexcept nogil:
@@ -913,8 +939,10 @@ cdef class TableReader(Source):
         """The block stored at offset (size bytes + trailer), checked and
         decompressed."""
         cdef const uint8_t *p
-        cdef int fd = self.fd, err
-        cdef size_t n = size + BLOCK_TRAILER_SIZE
+        cdef uint8_t *dst
+        cdef int fd = self.fd, err, rc
+        cdef size_t n = size + BLOCK_TRAILER_SIZE, header
+        cdef uint64_t ulen
         cdef ssize_t got
         cdef char *buf
         if fd < 0:
@@ -941,12 +969,19 @@ cdef class TableReader(Source):
             return raw[:size]
         if typ == COMPRESSION_SNAPPY:
             p = <const uint8_t *><const char *>raw
-            if _snappy_claimed_length(p, size) > _SNAPPY_MAX_RATIO * size + 64:
+            if (fdb_snappy_ulen(p, size, &ulen, &header) != 0
+                    or ulen > _SNAPPY_MAX_RATIO * size + 64):
                 raise self._corrupt(f"{what} does not decompress", offset)
-            try:
-                return _snappy.decompress(memoryview(raw)[:size])
-            except Exception:
-                raise self._corrupt(f"{what} does not decompress", offset) from None
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>ulen)
+            dst = <uint8_t *>PyBytes_AS_STRING(out)
+            if ulen >= _SNAPPY_NOGIL_BYTES:
+                with nogil:
+                    rc = fdb_snappy_decompress(p, size, dst, ulen)
+            else:
+                rc = fdb_snappy_decompress(p, size, dst, ulen)
+            if rc != 0:
+                raise self._corrupt(f"{what} does not decompress", offset)
+            return out
         raise self._corrupt(f"{what} has unknown compression type {typ}", offset)
 
     cdef bytes _fetch_block(self, size_t i, bint verify):
@@ -1301,14 +1336,29 @@ cdef struct TIterState:
     int64_t ts_lo             # blocks whose ts bounds miss [ts_lo, ts_hi] are skipped
     int64_t ts_hi
     CBlockIter blk
+    # Blocks [ra_lo, ra_hi) read ahead (their bytes held by the owner's
+    # `ahead`): a forward move onto one of them needs no GIL.
+    Py_ssize_t ra_lo
+    Py_ssize_t ra_hi
+    const uint8_t *ra_data[_READAHEAD_BLOCKS]
+    size_t ra_len[_READAHEAD_BLOCKS]
 
 
 cdef class TableIterator(Iterator):
-    """Two-level iterator: the in-memory index, then one data block at a time."""
+    """Two-level iterator: the in-memory index, then one data block at a time.
+
+    With read_ahead set (a compaction's inputs), moving forward onto a block
+    it must load also reads the blocks that follow, up to _READAHEAD_BYTES,
+    in the same hold of the GIL.  The compaction's nogil loop then takes the
+    GIL once per batch of blocks, not per block: beside a thread busy in
+    Python each take costs up to the switch interval (5 ms).  Scans keep one
+    block at a time, so their memory does not grow with the tables merged."""
     cdef TIterState st
     cdef TableReader reader
     cdef object holder        # the _Index st.index/st.keys point into
     cdef bytes block          # the bytes st.blk reads
+    cdef list ahead           # the bytes of blocks [st.ra_lo, st.ra_hi)
+    cdef public bint read_ahead
     cdef bint fill_cache
     cdef bint verify_checksums
 
@@ -1330,6 +1380,7 @@ cdef class TableIterator(Iterator):
         self.st.search = NULL
         self.st.n = 0
         self.st.cur = -1
+        self.st.ra_lo = self.st.ra_hi = 0
         self.it = &self.st.base
 
     def __dealloc__(self):
@@ -1341,8 +1392,10 @@ cdef class TableIterator(Iterator):
         self.st.base.valid = 0
         return code
 
-    cdef int _load(self, Py_ssize_t i) noexcept:
-        """Points st.blk at data block i (TableReader._data_block)."""
+    cdef int _load(self, Py_ssize_t i, bint forward) noexcept:
+        """Points st.blk at data block i (TableReader._data_block); moving
+        forward with read_ahead, reads the following blocks too."""
+        self.st.ra_lo = self.st.ra_hi = 0
         try:
             # Through this iterator's own index: the reader's may be released.
             self.block = self.reader._data_block(&self.st.index[i], self.fill_cache,
@@ -1356,7 +1409,37 @@ cdef class TableIterator(Iterator):
         except BaseException as e:
             return self._fail(FDB_ERR_PYTHON, e)
         self.st.cur = i
+        self.ahead = None                   # st.blk has left those blocks
+        if forward and self.read_ahead:
+            self._read_ahead(i + 1)
         return FDB_OK
+
+    cdef void _read_ahead(self, Py_ssize_t j) noexcept:
+        """Reads the overlapping blocks from j on into `ahead`, stopping at
+        the first that fails: the iterator meets that one through _load and
+        reports it then, as if nothing had been read ahead."""
+        cdef TIterState *st = &self.st
+        cdef CBlockIter blk
+        cdef size_t held = 0
+        cdef bytes data
+        ahead = []
+        block_iter_init(&blk)
+        try:
+            while (j < st.n and _overlaps(st, j) and len(ahead) < _READAHEAD_BLOCKS
+                   and held < _READAHEAD_BYTES):
+                data = self.reader._data_block(&st.index[j], False, self.verify_checksums, &blk)
+                st.ra_data[len(ahead)] = <const uint8_t *><const char *>data
+                st.ra_len[len(ahead)] = len(data)
+                ahead.append(data)
+                held += len(data)
+                j += 1
+        except BaseException:
+            pass
+        finally:
+            block_iter_free(&blk)
+        self.ahead = ahead
+        st.ra_hi = j
+        st.ra_lo = j - len(ahead)
 
     cdef int _blk_failed(self) noexcept:
         cdef int code = self.st.blk.base.status
@@ -1365,20 +1448,30 @@ cdef class TableIterator(Iterator):
 
     @property
     def blocks_held(self):
-        """1 while the iterator holds a block, else 0 (it never holds more)."""
-        return 0 if self.block is None else 1
+        """The blocks the iterator holds: the one it reads (0 or 1) and
+        those read ahead (with read_ahead only)."""
+        return (0 if self.block is None else 1) + (len(self.ahead) if self.ahead else 0)
 
 
 cdef inline bint _overlaps(const TIterState *st, Py_ssize_t i) noexcept nogil:
     return st.index[i].max_ts >= st.ts_lo and st.index[i].min_ts <= st.ts_hi
 
 
-cdef int _ti_load(TIterState *st, Py_ssize_t i) noexcept nogil:
+cdef int _ti_load(TIterState *st, Py_ssize_t i, bint forward) noexcept nogil:
     cdef int rc
+    cdef Py_ssize_t k
     if st.cur == i:
         return FDB_OK
+    if st.ra_lo <= i < st.ra_hi:
+        # Checked as it was read (block_iter_reset in _data_block): the
+        # check again costs O(restarts) and keeps one way in.
+        k = i - st.ra_lo
+        st.cur = i
+        if block_iter_reset(&st.blk, st.ra_data[k], st.ra_len[k]) != FDB_OK:
+            return _ti_blk_failed(st)
+        return FDB_OK
     with gil:
-        rc = (<TableIterator>st.owner)._load(i)
+        rc = (<TableIterator>st.owner)._load(i, forward)
     return rc
 
 
@@ -1415,7 +1508,7 @@ cdef int _ti_forward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
     if i >= st.n:
         st.base.valid = 0
         return FDB_OK
-    if _ti_load(st, i) != FDB_OK:
+    if _ti_load(st, i, True) != FDB_OK:
         return st.base.status
     st.blk.base.seek_to_first(&st.blk.base)
     if st.blk.base.status == FDB_OK and not st.blk.base.valid:
@@ -1430,7 +1523,7 @@ cdef int _ti_backward_from(TIterState *st, Py_ssize_t i) noexcept nogil:
     if i < 0:
         st.base.valid = 0
         return FDB_OK
-    if _ti_load(st, i) != FDB_OK:
+    if _ti_load(st, i, False) != FDB_OK:
         return st.base.status
     block_iter_seek_to_last(&st.blk)
     if st.blk.base.status == FDB_OK and not st.blk.base.valid:
@@ -1461,7 +1554,7 @@ cdef int _ti_seek(fdb_iter *base, const uint8_t *t, size_t tn) noexcept nogil:
         return FDB_OK
     if not _overlaps(st, i):
         return _ti_forward_from(st, i + 1)
-    if _ti_load(st, i) != FDB_OK:
+    if _ti_load(st, i, True) != FDB_OK:
         return base.status
     st.blk.base.seek(&st.blk.base, t, tn)
     if st.blk.base.status == FDB_OK and not st.blk.base.valid:
@@ -1476,7 +1569,7 @@ cdef int _ti_seek_for_prev(fdb_iter *base, const uint8_t *t, size_t tn) noexcept
         return base.status
     i = _ti_lower_bound(st, t, tn)
     if i < st.n and _overlaps(st, i):
-        if _ti_load(st, i) != FDB_OK:
+        if _ti_load(st, i, False) != FDB_OK:
             return base.status
         st.blk.base.seek_for_prev(&st.blk.base, t, tn)
         if st.blk.base.status != FDB_OK or st.blk.base.valid:

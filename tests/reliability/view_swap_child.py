@@ -4,8 +4,7 @@ new views.
 usage: view_swap_child.py DATA_DIR SECONDS
 
 Two threads call get and get_latest over flushed data, with a block cache
-too small to hold a block, so every read decompresses one (python-snappy
-releases the GIL); the main thread writes and flushes all the while, and
+too small to hold a block, so every read decompresses one; the main thread writes and flushes all the while, and
 each flush publishes a new view.  Prints "ok READS FLUSHES" if every read
 returned what was written; a crash kills the process (the test reports it).
 """
