@@ -29,6 +29,8 @@ cdef struct PendingBlock:
     int64_t max_ts
     int64_t min_exp
     int64_t max_exp
+    size_t z_off              # the block compressed, in TableBuilder.pend_z
+    size_t z_len              #   (0: stored raw)
 
 
 cdef class TableBuilder:
@@ -92,6 +94,8 @@ cdef class TableBuilder:
     cdef size_t pend_keys_len
     cdef size_t pend_keys_cap
     cdef PendingBlock *pend
+    cdef uint8_t *pend_z              # the queued blocks compressed (nogil), then written
+    cdef size_t pend_z_cap
     cdef size_t npend
     cdef size_t pend_cap_bytes
     cdef readonly unsigned long long block_batches  # _write_pending calls that wrote blocks
@@ -112,6 +116,7 @@ cdef class TableBuilder:
     cdef void _free(self) noexcept
     cdef dict _props(self)
     cdef tuple _write_block(self, object raw)
+    cdef tuple _write_stored(self, object stored, int typ)
     cdef _flush_wbuf(self)
     cdef _warm(self, uint64_t off, bytes raw)
 

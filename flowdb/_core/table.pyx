@@ -74,6 +74,7 @@ cdef enum:
     _BLOCK_TRAILER_SIZE = 1 + 4
     _BLOCK_HANDLE_SIZE = 8 + 8
     _FOOTER_SIZE = 4 * _BLOCK_HANDLE_SIZE + 4 + 4 + 8
+    _MIN_SAVING_EIGHTHS = 1
 
 #: type:u8 crc:u32le after every block.
 BLOCK_TRAILER_SIZE = _BLOCK_TRAILER_SIZE
@@ -90,7 +91,7 @@ COMPRESSION_NONE = 0
 COMPRESSION_SNAPPY = 1
 #: A block is stored compressed only if that saves at least 1/8 (12.5 %):
 #: compressed iff 8 * len(snappy) <= 7 * len(raw).
-COMPRESSION_MIN_SAVING_EIGHTHS = 1
+COMPRESSION_MIN_SAVING_EIGHTHS = _MIN_SAVING_EIGHTHS
 
 cdef enum:
     # The fixed part of an index entry's value: min_ts, max_ts, min/max expire_at.
@@ -145,6 +146,10 @@ cdef bytes _snappy_compress(raw):
     return out[:m]
 
 
+cdef inline bint _worth_compressing(size_t compressed, size_t raw) noexcept nogil:
+    return 8 * compressed <= (8 - _MIN_SAVING_EIGHTHS) * raw
+
+
 cdef bytes _trailer(int typ, stored):
     crc = _crc32c.crc32c(bytes((typ,)), _crc32c.crc32c(stored))
     return bytes((typ,)) + crc.to_bytes(4, "little")
@@ -197,6 +202,8 @@ cdef class TableBuilder:
         self.range_dels = set()
         self.warm_cache = None
         self.pend_raw = NULL
+        self.pend_z = NULL
+        self.pend_z_cap = 0
         self.pend_raw_len = self.pend_raw_cap = 0
         self.pend_keys = NULL
         self.pend_keys_len = self.pend_keys_cap = 0
@@ -232,6 +239,9 @@ cdef class TableBuilder:
         free(self.pend_raw)
         free(self.pend_keys)
         free(self.pend)
+        free(self.pend_z)
+        self.pend_z = NULL
+        self.pend_z_cap = 0
         self.pend_raw = self.pend_keys = NULL
         self.pend = NULL
         self.npend = self.pend_raw_len = self.pend_keys_len = 0
@@ -370,16 +380,34 @@ cdef class TableBuilder:
 
     cdef int _write_pending(self) noexcept nogil:
         cdef int rc = FDB_OK
-        cdef size_t i
+        cdef size_t i, need = 0, z = 0
         cdef uint64_t off = 0, size = 0
+        cdef PendingBlock *pb
         if self.npend == 0:
             return FDB_OK
         self.block_batches += 1
+        # Compress without the GIL: a writer thread runs beside the flush.
+        for i in range(self.npend):
+            need += fdb_snappy_max_compressed(self.pend[i].raw_len)
+        if reserve_bytes(&self.pend_z, &self.pend_z_cap, need) != FDB_OK:
+            return self._nomem()
+        for i in range(self.npend):
+            pb = &self.pend[i]
+            pb.z_off = z
+            pb.z_len = fdb_snappy_compress(self.pend_raw + pb.raw_off, pb.raw_len, self.pend_z + z)
+            if not _worth_compressing(pb.z_len, pb.raw_len):
+                pb.z_len = 0
+            z += pb.z_len
         with gil:
             try:
                 for i in range(self.npend):
-                    raw = (<const char *>self.pend_raw + self.pend[i].raw_off)[:self.pend[i].raw_len]
-                    off, size = self._write_block(raw)
+                    pb = &self.pend[i]
+                    raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
+                    if pb.z_len:
+                        off, size = self._write_stored(
+                            (<const char *>self.pend_z + pb.z_off)[:pb.z_len], COMPRESSION_SNAPPY)
+                    else:
+                        off, size = self._write_stored(raw, COMPRESSION_NONE)
                     self.raw_written += self.pend[i].raw_len
                     self.stored_written += size
                     if self.warm_cache is not None:
@@ -414,10 +442,12 @@ cdef class TableBuilder:
     cdef tuple _write_block(self, object raw):
         """Appends raw as a stored block with its trailer; returns its handle."""
         compressed = _snappy_compress(raw)
-        if 8 * len(compressed) <= (8 - COMPRESSION_MIN_SAVING_EIGHTHS) * len(raw):
-            stored, typ = compressed, COMPRESSION_SNAPPY
-        else:
-            stored, typ = raw, COMPRESSION_NONE
+        if _worth_compressing(len(compressed), len(raw)):
+            return self._write_stored(compressed, COMPRESSION_SNAPPY)
+        return self._write_stored(raw, COMPRESSION_NONE)
+
+    cdef tuple _write_stored(self, object stored, int typ):
+        """Appends a block as stored, with its trailer; returns its handle."""
         off = self.offset
         self.wbuf += stored
         self.wbuf += _trailer(typ, stored)
