@@ -56,7 +56,7 @@ from flowdb._core.block cimport (
 from flowdb._core.block_cache cimport (BlockCache, BlockMeta, BLOCK_META_RESTARTS,
                                        untrusted_meta)
 from flowdb._core.snappy cimport (
-    fdb_snappy_compress, fdb_snappy_decompress, fdb_snappy_max_compressed, fdb_snappy_ulen)
+    fdb_snappy_compress, fdb_snappy_max_compressed, compress_bytes, decompress_bytes)
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -116,9 +116,6 @@ MAX_BLOCK_SIZE = 1 << 30
 # Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
 # stored block claiming more is corrupt and is not handed to the decompressor.
 _SNAPPY_MAX_RATIO = 32
-# Not format: blocks at least this big are (de)compressed with the GIL
-# released; smaller ones keep it, which costs less than winning it back.
-_SNAPPY_NOGIL_BYTES = 1 << 18
 
 _PROPS_INT_FIELDS = (
     "num_entries", "num_deletes", "num_range_dels", "num_data_blocks",
@@ -127,23 +124,6 @@ _PROPS_INT_FIELDS = (
 _PROPS_KEY_FIELDS = ("smallest_key", "largest_key")
 
 _handle = struct.Struct("<QQ")
-
-
-cdef bytes _snappy_compress(raw):
-    """The snappy stream of raw (a bytes-like object), by the core's own
-    codec (include/fdb_snappy.h): plain C, so a builder holding the GIL for a
-    batch of blocks keeps it."""
-    cdef const uint8_t[::1] src = raw
-    cdef size_t n = src.shape[0], m
-    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>fdb_snappy_max_compressed(n))
-    cdef uint8_t *dst = <uint8_t *>PyBytes_AS_STRING(out)
-    cdef const uint8_t *p = &src[0] if n else dst
-    if n >= _SNAPPY_NOGIL_BYTES:
-        with nogil:
-            m = fdb_snappy_compress(p, n, dst)
-    else:
-        m = fdb_snappy_compress(p, n, dst)
-    return out[:m]
 
 
 cdef inline bint _worth_compressing(size_t compressed, size_t raw) noexcept nogil:
@@ -402,15 +382,18 @@ cdef class TableBuilder:
             try:
                 for i in range(self.npend):
                     pb = &self.pend[i]
-                    raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
+                    raw = None                  # a bytes copy only when needed
                     if pb.z_len:
                         off, size = self._write_stored(
                             (<const char *>self.pend_z + pb.z_off)[:pb.z_len], COMPRESSION_SNAPPY)
                     else:
+                        raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
                         off, size = self._write_stored(raw, COMPRESSION_NONE)
-                    self.raw_written += self.pend[i].raw_len
+                    self.raw_written += pb.raw_len
                     self.stored_written += size
                     if self.warm_cache is not None:
+                        if raw is None:
+                            raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
                         self._warm(off, raw)
                     rc = self._index_entry(&self.pend[i], off, size)
                     if rc != FDB_OK:
@@ -441,7 +424,8 @@ cdef class TableBuilder:
 
     cdef tuple _write_block(self, object raw):
         """Appends raw as a stored block with its trailer; returns its handle."""
-        compressed = _snappy_compress(raw)
+        cdef const uint8_t[::1] src = raw
+        compressed = compress_bytes(&src[0] if src.shape[0] else NULL, src.shape[0])
         if _worth_compressing(len(compressed), len(raw)):
             return self._write_stored(compressed, COMPRESSION_SNAPPY)
         return self._write_stored(raw, COMPRESSION_NONE)
@@ -968,11 +952,8 @@ cdef class TableReader(Source):
     cdef bytes _read_block(self, uint64_t offset, uint64_t size, bint verify, str what):
         """The block stored at offset (size bytes + trailer), checked and
         decompressed."""
-        cdef const uint8_t *p
-        cdef uint8_t *dst
-        cdef int fd = self.fd, err, rc
-        cdef size_t n = size + BLOCK_TRAILER_SIZE, header
-        cdef uint64_t ulen
+        cdef int fd = self.fd, err
+        cdef size_t n = size + BLOCK_TRAILER_SIZE
         cdef ssize_t got
         cdef char *buf
         if fd < 0:
@@ -998,18 +979,9 @@ cdef class TableReader(Source):
         if typ == COMPRESSION_NONE:
             return raw[:size]
         if typ == COMPRESSION_SNAPPY:
-            p = <const uint8_t *><const char *>raw
-            if (fdb_snappy_ulen(p, size, &ulen, &header) != 0
-                    or ulen > _SNAPPY_MAX_RATIO * size + 64):
-                raise self._corrupt(f"{what} does not decompress", offset)
-            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>ulen)
-            dst = <uint8_t *>PyBytes_AS_STRING(out)
-            if ulen >= _SNAPPY_NOGIL_BYTES:
-                with nogil:
-                    rc = fdb_snappy_decompress(p, size, dst, ulen)
-            else:
-                rc = fdb_snappy_decompress(p, size, dst, ulen)
-            if rc != 0:
+            out = decompress_bytes(<const uint8_t *><const char *>raw, size,
+                                   _SNAPPY_MAX_RATIO * size + 64)
+            if out is None:
                 raise self._corrupt(f"{what} does not decompress", offset)
             return out
         raise self._corrupt(f"{what} has unknown compression type {typ}", offset)
