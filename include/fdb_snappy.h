@@ -228,6 +228,15 @@ static inline int fdb_snappy_decompress(const uint8_t *src, size_t n, uint8_t *d
         switch (tag & 3) {
         case 0:
             len = (uint64_t)(tag >> 2) + 1;
+            /* Most literals in a block are short: one fixed 16-byte move
+             * where both buffers have the room; the bytes past len are
+             * overwritten by the elements that follow. */
+            if (len <= 16 && end - p >= 16 && dst_len - op >= 16) {
+                memcpy(dst + op, p, 16);
+                p += len;
+                op += (size_t)len;
+                continue;
+            }
             if (len > 60) {
                 size_t k = (size_t)len - 60, i;
                 if ((size_t)(end - p) < k)
@@ -272,18 +281,24 @@ static inline int fdb_snappy_decompress(const uint8_t *src, size_t n, uint8_t *d
         {
             uint8_t *d = dst + op;
             const uint8_t *s = d - off;
-            size_t m = (size_t)len;
-            if (off >= len) {
-                memcpy(d, s, m);
-            } else if (off >= 8) {  /* each 8 bytes read were written before */
-                while (m >= 8) {
+            size_t m = (size_t)len, room = dst_len - op;
+            /* Fixed-size moves where the room allows: the bytes written past
+             * len are overwritten by the elements that follow.  A move of k
+             * bytes needs off >= k so that every byte it reads was written
+             * before it (a pattern copy, off < len, reads its own output). */
+            if (off >= 16 && m <= 16 && room >= 16) {
+                memcpy(d, s, 16);
+            } else if (off >= 8 && room >= ((m + 7) & ~(size_t)7)) {
+                for (;;) {
                     memcpy(d, s, 8);
+                    if (m <= 8)
+                        break;
                     d += 8;
                     s += 8;
                     m -= 8;
                 }
-                while (m--)
-                    *d++ = *s++;
+            } else if (off >= len) {
+                memcpy(d, s, m);
             } else {
                 while (m--)
                     *d++ = *s++;

@@ -65,3 +65,19 @@ def decompress(const uint8_t[::1] data not None):
     if out is None:
         raise ValueError("not a snappy stream: malformed")
     return out
+
+
+def decompress_guarded(const uint8_t[::1] data not None):
+    """For the tests: decompress into a buffer with 32 guard bytes after the
+    claimed length; (the bytes, whether the guard is intact).  A decoder
+    that wrote past its output would leave the guard changed."""
+    cdef uint64_t ulen
+    cdef size_t header, i
+    cdef const uint8_t *src = &data[0] if data.shape[0] else NULL
+    if fdb_snappy_ulen(src, data.shape[0], &ulen, &header) != 0 or ulen > 1 << 20:
+        raise ValueError("not a snappy stream: bad length header")
+    buf = bytearray(b"\xa5" * (ulen + 32))
+    cdef uint8_t *dst = <uint8_t *>(<char *>buf)
+    if fdb_snappy_decompress(src, data.shape[0], dst, ulen) != 0:
+        raise ValueError("not a snappy stream: malformed")
+    return bytes(buf[:ulen]), buf[ulen:] == b"\xa5" * 32

@@ -7,7 +7,8 @@ import pytest
 import snappy
 from hypothesis import given, settings, strategies as st
 
-from flowdb._core.snappy import compress, decompress, uncompressed_length
+from flowdb._core.coding import put_varint
+from flowdb._core.snappy import compress, decompress, decompress_guarded, uncompressed_length
 
 # Data that compresses: short alphabets, repeats at every distance, runs.
 compressible = st.builds(
@@ -49,6 +50,45 @@ def test_compresses_as_well_as_the_reference():
     ours = sum(len(compress(b)) for b in blocks)
     ref = sum(len(snappy.compress(b)) for b in blocks)
     assert ours <= ref * 1.05
+
+
+def _literal(data):
+    n = len(data) - 1
+    return (bytes([n << 2]) if n < 60 else bytes([60 << 2, n])) + data
+
+
+def _copy(length, offset, width):
+    if width == 1:
+        return bytes([(length - 4) << 2 | (offset >> 8) << 5 | 1, offset & 0xFF])
+    return bytes([(length - 1) << 2 | (2 if width == 2 else 3)]) + offset.to_bytes(width, "little")
+
+
+def _element_shapes():
+    """(element, the bytes it decodes to) for short literals and copies."""
+    for n in range(1, 21):
+        yield _literal(bytes(range(100, 100 + n))), n
+    for off in range(1, 41):
+        for n in range(4, 12):
+            yield _copy(n, off, 1), n
+        for n in range(1, 25):
+            yield _copy(n, off, 2), n
+    for off in (1, 7, 8, 15, 16, 17, 40):
+        for n in (1, 4, 8, 9, 16, 17, 24, 64):
+            yield _copy(n, off, 4), n
+
+
+def test_every_element_shape_near_the_end_of_both_buffers():
+    """The decoder moves short elements 8 or 16 bytes at a time where both
+    buffers have the room: each shape, followed by 0-18 more bytes, decodes
+    exactly as the reference decodes it (a move that read bytes not yet
+    written, or wrote past the end, would show here)."""
+    head = _literal(bytes(range(64)))
+    for element, n in _element_shapes():
+        for tail in range(19):
+            stream = (put_varint(64 + n + tail) + head + element
+                      + (_literal(b"z" * tail) if tail else b""))
+            out, guard_intact = decompress_guarded(stream)
+            assert out == snappy.decompress(stream) and guard_intact, (element, tail)
 
 
 @pytest.mark.parametrize("stream", [
