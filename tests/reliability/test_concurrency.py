@@ -48,12 +48,13 @@ def test_point_reads_while_flushes_publish_new_views(tmp_path):
     block read releases the GIL, and a flush may publish a new view, and
     drop the engine's reference, meanwhile.  (Borrowing it crashed this
     child within 3 s, every time.)"""
+    min_flushes = 10
     p = subprocess.run([sys.executable, "-X", "faulthandler", VIEW_SWAP_CHILD, str(tmp_path / "db"),
-                        "10" if FULL else "3"], env=child_env(), capture_output=True, text=True,
-                       timeout=180)
+                        "10" if FULL else "3", str(min_flushes)], env=child_env(),
+                       capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, f"child failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
     ok, reads, flushes = p.stdout.split()
-    assert ok == "ok" and int(reads) > 0 and int(flushes) > 10, p.stdout
+    assert ok == "ok" and int(reads) > 0 and int(flushes) >= min_flushes, p.stdout
 
 
 @pytest.mark.slow
