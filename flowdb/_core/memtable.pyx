@@ -802,6 +802,14 @@ cdef class ApplyThread:
             pthread_cond_wait(&self.shared.cond, &self.shared.mutex)
         pthread_mutex_unlock(&self.shared.mutex)
 
+    def busy(self):
+        """Whether the batch start() began is still going in, or the thread
+        still faulting in the arena's spare chunk after it."""
+        pthread_mutex_lock(&self.shared.mutex)
+        busy = self.shared.state == APPLY_PENDING
+        pthread_mutex_unlock(&self.shared.mutex)
+        return busy
+
     def wait(self):
         """Wait for the batch start() began; returns its number of entries."""
         if self.mem is None:

@@ -623,7 +623,11 @@ def test_apply_thread_faults_in_a_spare_chunk_while_the_caller_syncs(tmp_path):
         for b in range(24):
             payload = _readings(b, 1000)
             applier.start(mem, payload, seq)
-            time.sleep(0.005)                 # a slow disk: room for the whole spare
+            # A slow disk: the caller's fsync outlasts the thread's work (a
+            # fixed 5 ms was sometimes too short on a host with stolen time).
+            deadline = time.monotonic() + 10
+            while applier.busy() and time.monotonic() < deadline:
+                time.sleep(0.001)
             applier.datasync(fd)
             assert applier.wait() == 1000
             model.apply(B.decode_batch(payload), seq)
