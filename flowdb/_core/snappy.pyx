@@ -72,7 +72,7 @@ def decompress_guarded(const uint8_t[::1] data not None):
     claimed length; (the bytes, whether the guard is intact).  A decoder
     that wrote past its output would leave the guard changed."""
     cdef uint64_t ulen
-    cdef size_t header, i
+    cdef size_t header
     cdef const uint8_t *src = &data[0] if data.shape[0] else NULL
     if fdb_snappy_ulen(src, data.shape[0], &ulen, &header) != 0 or ulen > 1 << 20:
         raise ValueError("not a snappy stream: bad length header")
