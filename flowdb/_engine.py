@@ -60,14 +60,12 @@ from flowdb._time_index import TimeIndex
 from flowdb._metrics import render_metrics
 from flowdb._query import ScanRange
 from flowdb._stats import EngineStats, LatencyHistogram
-from flowdb._validate import INT64_MAX, INT64_MIN, as_key, as_prefix, as_ts, as_ttl, as_value, expiry
+from flowdb._validate import INT64_MAX, INT64_MIN, as_key, as_ts, as_ttl, as_value, expiry
 from flowdb._wal import WalWriter, delete_segments, list_segments, read_wal
 
 log = logging.getLogger("flowdb")
 
 _MIB = 1024 * 1024
-_QUERY_BATCH = 4096                   # query() drains its cursor this many at a time
-_TIME_SOURCES_KEPT = 64               # bucket ranges a view remembers the sources of
 _GROUP_MAX_BYTES = 4 * _MIB          # a commit group stops growing past this
 _MIN_TARGET_BYTES = 64 * 1024       # compaction outputs are cut at 2 x memtable size,
 _MAX_TARGET_BYTES = 256 * _MIB      # within these bounds (docs/MAINTENANCE.md)
@@ -298,8 +296,10 @@ class Snapshot:
 class Engine(_read.EngineReads):
     """An open flowdb store.  Create with Engine.open(); see API.md.
 
-    get and get_latest are inherited from EngineReads (C methods); they read
-    _view, _visible_seq, _closed and _read_stats, which live there."""
+    get, get_latest, query_prefix_time_range and the cursor every query and
+    scan reads through (_query, _cursor_over) are inherited from EngineReads
+    (C methods); they read _view, _visible_seq, _closed and _read_stats,
+    which live there, and the time index (_time_index, under _mutex)."""
 
     # ---- opening and closing -------------------------------------------
 
@@ -376,7 +376,6 @@ class Engine(_read.EngineReads):
         # counters
         self._records_written = 0
         self._bytes_written = 0
-        self._records_read = 0
         self._flushes = 0
         self._compactions = 0
         self._gc_runs = 0
@@ -1335,42 +1334,6 @@ class Engine(_read.EngineReads):
                                  range.ts_start, range.ts_end, opts.fill_cache, opts.verify_checksums,
                                  opts.reverse)
 
-    def _cursor_over(self, view, seq, prefix, start, end, ts_start, ts_end,
-                     fill_cache=True, verify_checksums=True, reverse=False):
-        sources = view.sources
-        if (ts_start > INT64_MIN or ts_end < INT64_MAX) and view.tables:
-            sources = self._time_sources(view, ts_start, ts_end)
-        return _read.Cursor(sources, view.reader.range_del_index(), seq, _now_us(),
-                            prefix, start, end, ts_start, ts_end, fill_cache, verify_checksums,
-                            reverse)
-
-    def _time_sources(self, view, ts_lo, ts_hi):
-        """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
-
-        Memtables always; a table if the time index has a block of it in a
-        bucket the range touches, or if the index does not know it (a table
-        of an older, pinned view).  Order is kept: recency order matters.
-        The answer depends only on the buckets the range touches, and is a
-        superset of what the view needs whenever it was computed (blocks'
-        bounds never change), so the view keeps it for the next read."""
-        index = self._time_index
-        width = index.width
-        bucket_range = (ts_lo // width, ts_hi // width)
-        found = view.time_sources.get(bucket_range)
-        if found is None:
-            with self._mutex:
-                cands = index.candidates(ts_lo, ts_hi)
-                if cands is None:
-                    found = (view.sources, 0)
-                else:
-                    keep = [t for t in view.tables
-                            if t.file_number in cands or not index.knows(t.file_number)]
-                    found = (view.sources[:1 + len(view.frozen)] + keep, len(view.tables) - len(keep))
-            if len(view.time_sources) < _TIME_SOURCES_KEPT:
-                view.time_sources[bucket_range] = found
-        self._tables_skipped_by_time_index += found[1]
-        return found[0]
-
     def scan_prefix(self, prefix) -> ScanIterator:
         return self.scan(ScanRange.prefix(prefix))
 
@@ -1384,25 +1347,6 @@ class Engine(_read.EngineReads):
         keys = query.keys
         return self._query(keys.prefix_bytes, keys.start, keys.end, query.ts_start, query.ts_end)
 
-    def _query(self, prefix, start, end, ts_start, ts_end):
-        """query() of a ScanRange's fields (already checked)."""
-        started = time.perf_counter_ns()
-        if self._closed:                   # a background failure is a writer's news
-            self._check_open()
-        view, seq = self._snapshot()
-        cursor = self._cursor_over(view, seq, prefix, start, end, ts_start, ts_end)
-        # Whole batches, not a Python call per record as iterating would.
-        records = cursor.next_batch(_QUERY_BATCH)
-        batch = records
-        while len(batch) == _QUERY_BATCH:       # fewer: the end
-            if self._closed:
-                raise InvalidStateError("the engine was shut down during this query")
-            batch = cursor.next_batch(_QUERY_BATCH)
-            records += batch
-        self._records_read += len(records)
-        self._query_hist.record((time.perf_counter_ns() - started) // 1000)
-        return records
-
     def query_by_prefix(self, prefix) -> list:
         return self.query(ScanRange.prefix(prefix))
 
@@ -1411,11 +1355,6 @@ class Engine(_read.EngineReads):
 
     def query_time_range(self, start, end) -> list:
         return self.query(ScanRange.time_range(start, end))
-
-    def query_prefix_time_range(self, prefix, start, end) -> list:
-        # ScanRange.prefix_time_range's checks, without building it: this is
-        # the hot query of a time-series store.
-        return self._query(as_prefix(prefix), None, None, as_ts(start, "start"), as_ts(end, "end"))
 
     def query_key_time_range(self, start_key, end_key, start, end) -> list:
         return self.query(ScanRange.key_time_range(start_key, end_key, start, end))
@@ -1433,7 +1372,7 @@ class Engine(_read.EngineReads):
         return EngineStats(
             total_records_written=self._records_written,
             total_bytes_written=self._bytes_written,
-            total_records_read=self._records_read + self._read_stats.records_read,
+            total_records_read=self._read_stats.records_read,
             total_records_expired=self._expired_dropped,
             total_flushes=self._flushes,
             total_gc_runs=self._gc_runs,

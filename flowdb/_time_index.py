@@ -21,7 +21,8 @@ the props' min_ts/max_ts and each index entry's per-block min_ts/max_ts):
 
 Tables of views that are no longer current (a pinned snapshot's) may have
 left the index: a read includes every table of its view the index does not
-know (Engine._time_sources), so it never misses those either.
+know (EngineReads._time_sources, flowdb._core.read), so it never misses
+those either.
 
 Thread safety: add/remove/candidates under the engine's _mutex or from one
 thread at a time; `candidates` returns a new set.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Keys, timestamps and values are checked by the Cython core, the same code
 # that checks every Record of a batch.
-from flowdb._core.record import as_key, as_ts, as_value  # noqa: F401 (re-exported)
+from flowdb._core.record import as_key, as_prefix, as_ts, as_value  # noqa: F401 (re-exported)
 
 MAX_KEY = 65535
 MAX_VALUE = 64 * 1024 * 1024
@@ -13,13 +13,6 @@ INT64_MAX = 2**63 - 1
 NEVER = INT64_MAX
 # The largest TTL whose microseconds fit in int64 (~9.22e12 s).
 MAX_TTL_SECS = INT64_MAX // 1_000_000
-
-
-def as_prefix(prefix) -> bytes:
-    """A key prefix: like a key, but b"" (every key) is allowed."""
-    if prefix == b"" or prefix == "":
-        return b""
-    return as_key(prefix, "prefix")
 
 
 def as_ttl(ttl, what="ttl_secs") -> int | None:

@@ -306,6 +306,8 @@ def test_empty_prefix_matches_every_key(grid):
     assert list(grid.scan_prefix(b"")) == everything
     assert grid.query_time_range(INT64_MIN, INT64_MAX) == everything
     assert grid.query_prefix_time_range(b"", INT64_MIN, INT64_MAX) == everything
+    for empty in ("", bytearray(), memoryview(b"")):
+        assert grid.query_prefix_time_range(empty, INT64_MIN, INT64_MAX) == everything
 
 
 def test_delete_range_is_half_open(engine):

@@ -50,7 +50,7 @@ from cpython.ref cimport Py_XINCREF, Py_XDECREF
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from flowdb._core.iterator cimport Iterator, Source, EntryHit, VERSION_FOUND, VERSION_NONE
 from flowdb._core.merge cimport MergingIterator
-from flowdb._core.record cimport Record, make_record, check_key, check_i64
+from flowdb._core.record cimport Record, make_record, check_key, check_prefix, check_i64
 from flowdb._core.histogram cimport LatencyHistogram
 from flowdb._core.table cimport TableBuilder
 from flowdb._core.table import TableIterator
@@ -72,6 +72,10 @@ cdef size_t BATCH_BYTES = 256 * 1024
 # A ScanIterator's first batch, doubling up to the last.
 cdef Py_ssize_t SCAN_BATCH_MIN = 16
 cdef Py_ssize_t SCAN_BATCH_MAX = 1024
+# Engine.query drains its cursor this many records at a time.
+cdef Py_ssize_t QUERY_BATCH = 4096
+# Bucket ranges a view remembers the time-filtered sources of.
+cdef Py_ssize_t TIME_SOURCES_KEPT = 64
 
 # Verdicts on the newest visible version of a (key, ts).
 cdef enum:
@@ -250,6 +254,15 @@ cdef inline int64_t _wall_us() noexcept nogil:
     return <int64_t>t.tv_sec * 1000000 + t.tv_nsec // 1000
 
 
+cdef inline int64_t _bucket(int64_t ts, int64_t width) noexcept nogil:
+    """floor(ts / width), the time index's bucket of ts (width >= 1): C's
+    division truncates toward zero, Python's floors."""
+    cdef int64_t q = ts / width
+    if ts % width < 0:
+        q -= 1
+    return q
+
+
 cdef int _to_version(fdb_iter *it, uint8_t *t, const uint8_t *kp, size_t kn, int64_t ts,
                      uint64_t snapshot, bint *found) noexcept nogil:
     """Seeks it to the newest entry of (key, ts) with seq <= snapshot (t: a
@@ -304,17 +317,17 @@ cdef struct _Candidate:
 
 @cython.final
 cdef class ReadStats:
-    """What point reads add to the engine's metrics (API.md): the query
-    latency histogram and the count of records returned."""
+    """What reads add to the engine's metrics (API.md): the query latency
+    histogram and the count of records returned."""
     cdef readonly LatencyHistogram query_hist
     cdef readonly unsigned long long records_read
 
     def __init__(self, LatencyHistogram query_hist not None):
         self.query_hist = query_hist
 
-    cdef inline void done(self, int64_t started_ns, bint found) noexcept:
-        if found:
-            self.records_read += 1
+    cdef inline void done(self, int64_t started_ns, Py_ssize_t records) noexcept:
+        """A read that began at started_ns (fdb_mono_ns) returned `records`."""
+        self.records_read += records
         self.query_hist.record((fdb_mono_ns() - started_ns) // 1000)
 
 
@@ -360,7 +373,7 @@ cdef class PointReader:
                     best = live_seq
         return best
 
-    def range_del_index(self):
+    cpdef RangeDelIndex range_del_index(self):
         """A RangeDelIndex of the tombstones this reader honours now (the
         live source's included), for a Cursor over the same sources."""
         cdef list live = self._live.range_dels if self._live is not None else None
@@ -562,10 +575,12 @@ cdef class PointReader:
 
 
 cdef class EngineReads:
-    """The base class of flowdb.Engine: its point reads as C methods, so
-    that a get costs no Python frame.  The engine keeps here what they read:
-    its current view (an object whose .reader is a PointReader), the last
-    published seq, whether it is closed, and the stats reads count into."""
+    """The base class of flowdb.Engine: its point reads and queries as C
+    methods, so that a get or a short query costs no Python frame.  The
+    engine keeps here what they read: its current view (flowdb._engine._View:
+    .reader is a PointReader), the last published seq, whether it is closed,
+    and the stats reads count into.  The time-index lookup also reads the
+    engine's _time_index and _mutex."""
     cdef object _current_view
     # _current_view.reader.  A read must hold its own reference while it runs:
     # a block read releases the GIL, and a flush may meanwhile publish a new
@@ -574,6 +589,7 @@ cdef class EngineReads:
     cdef public unsigned long long _visible_seq
     cdef public bint _closed
     cdef public ReadStats _read_stats
+    cdef public unsigned long long _tables_skipped_by_time_index
 
     def __cinit__(self, *args, **kwargs):
         self._closed = True                # until the engine has opened
@@ -602,6 +618,78 @@ cdef class EngineReads:
         cdef uint64_t seq = self._visible_seq
         cdef PointReader reader = self._reader   # our own reference: see _reader
         return reader._counted_get_latest(key, _clamp_seq(seq), self._read_stats)
+
+    def query_prefix_time_range(self, prefix, start, end):
+        """Every record whose key starts with prefix and start <= ts <= end,
+        in (key, ts) order: ScanRange.prefix_time_range's checks without
+        building one, for the hot query of a time-series store."""
+        cdef bytes p = check_prefix(prefix)
+        return self._query(p, None, None, check_i64(start, "start"), check_i64(end, "end"))
+
+    def _query(self, bytes prefix, bytes start, bytes end, int64_t ts_lo, int64_t ts_hi):
+        """Engine.query of a ScanRange's fields (already checked)."""
+        cdef int64_t started = fdb_mono_ns()
+        if self._closed:                   # a background failure is a writer's news
+            self._check_open()
+        cdef uint64_t seq = self._visible_seq    # before the view: see flowdb._engine
+        view = self._current_view
+        cdef Cursor cursor = self._new_cursor(view, seq, prefix, start, end, ts_lo, ts_hi,
+                                              True, True, False)
+        # Whole batches, not a Python call per record as iterating would.
+        cdef list records = cursor.next_batch(QUERY_BATCH)
+        cdef list batch = records
+        while len(batch) == QUERY_BATCH:        # fewer: the end
+            if self._closed:
+                raise InvalidStateError("the engine was shut down during this query")
+            batch = cursor.next_batch(QUERY_BATCH)
+            records += batch
+        self._read_stats.done(started, len(records))
+        return records
+
+    def _cursor_over(self, view, unsigned long long seq, bytes prefix, bytes start, bytes end,
+                     int64_t ts_start, int64_t ts_end, bint fill_cache=True,
+                     bint verify_checksums=True, bint reverse=False):
+        """A Cursor over `view` at `seq` (Cursor's arguments)."""
+        return self._new_cursor(view, seq, prefix, start, end, ts_start, ts_end,
+                                fill_cache, verify_checksums, reverse)
+
+    cdef Cursor _new_cursor(self, view, uint64_t seq, bytes prefix, bytes start, bytes end,
+                            int64_t ts_lo, int64_t ts_hi, bint fill_cache,
+                            bint verify_checksums, bint reverse):
+        cdef list sources = view.sources
+        if (ts_lo > INT64_MIN or ts_hi < INT64_MAX) and view.tables:
+            sources = self._time_sources(view, ts_lo, ts_hi)
+        return Cursor(sources, (<PointReader?>view.reader).range_del_index(), seq, _wall_us(),
+                      prefix, start, end, ts_lo, ts_hi, fill_cache, verify_checksums, reverse)
+
+    cdef list _time_sources(self, view, int64_t ts_lo, int64_t ts_hi):
+        """The view's sources a read over [ts_lo, ts_hi] needs (flowdb._time_index).
+
+        Memtables always; a table if the time index has a block of it in a
+        bucket the range touches, or if the index does not know it (a table
+        of an older, pinned view).  Order is kept: recency order matters.
+        The answer depends only on the buckets the range touches, and is a
+        superset of what the view needs whenever it was computed (blocks'
+        bounds never change), so the view keeps it for the next read."""
+        index = self._time_index
+        cdef int64_t width = index.width
+        bucket_range = (_bucket(ts_lo, width), _bucket(ts_hi, width))
+        cdef dict kept = view.time_sources
+        found = kept.get(bucket_range)
+        if found is None:
+            with self._mutex:
+                cands = index.candidates(ts_lo, ts_hi)
+                if cands is None:
+                    found = (view.sources, 0)
+                else:
+                    tables = view.tables
+                    keep = [t for t in tables
+                            if t.file_number in cands or not index.knows(t.file_number)]
+                    found = (view.sources[:1 + len(view.frozen)] + keep, len(tables) - len(keep))
+            if len(kept) < TIME_SOURCES_KEPT:
+                kept[bucket_range] = found
+        self._tables_skipped_by_time_index += <unsigned long long>found[1]
+        return found[0]
 
 
 def get(list sources not None, range_dels, unsigned long long snapshot, long long now_us,
@@ -1116,7 +1204,7 @@ cdef class ScanIterator:
     it checks that the engine is still open; at the end it adds what it
     returned to the engine's records_read.
     """
-    cdef object _engine
+    cdef EngineReads _engine
     cdef object _view              # keeps the snapshot's sources alive
     cdef Cursor _cursor            # None once exhausted
     cdef list _buffer
@@ -1144,7 +1232,7 @@ cdef class ScanIterator:
             self._batch = min(self._batch * 2, SCAN_BATCH_MAX)
             self._pos = 0
             if not self._buffer:
-                self._engine._records_read += self._cursor.records_returned
+                self._engine._read_stats.records_read += self._cursor.records_returned
                 self._cursor = None
                 self._view = None
                 raise StopIteration

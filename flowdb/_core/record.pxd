@@ -20,6 +20,8 @@ cdef Record make_record(bytes key, long long ts, bytes value, long long expire_a
 # key or a timestamp means the same everywhere.  check_key: bytes (exact
 # type) from bytes/str (UTF-8)/bytearray/memoryview, 1..65535 bytes, else
 # TypeError/ValueError naming `what`.  check_i64: an int (not bool) in int64,
-# else TypeError/ValueError.
+# else TypeError/ValueError.  check_prefix: as check_key, but an empty
+# prefix (b"", "", or an empty bytearray/memoryview) is b"": every key.
 cdef bytes check_key(object key, str what)
+cdef bytes check_prefix(object prefix)
 cdef long long check_i64(object v, str what) except? -1

@@ -32,6 +32,15 @@ cdef bytes check_key(object key, str what):
     return b
 
 
+cdef bytes check_prefix(object prefix):
+    if type(prefix) is bytes:
+        if PyBytes_GET_SIZE(prefix) == 0:
+            return b""
+    elif prefix == b"" or prefix == "":
+        return b""
+    return check_key(prefix, "prefix")
+
+
 cdef inline bytes _value(object value):
     cdef bytes b
     if type(value) is bytes:
@@ -116,6 +125,11 @@ cdef Record make_record(bytes key, long long ts, bytes value, long long expire_a
 def as_key(key, what="key"):
     """A record key as bytes: bytes/str(UTF-8)/bytearray/memoryview, 1..65535 bytes."""
     return check_key(key, what)
+
+
+def as_prefix(prefix):
+    """A key prefix: like a key, but b"" (every key) is allowed."""
+    return check_prefix(prefix)
 
 
 def as_ts(ts, what="ts"):
