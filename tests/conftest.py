@@ -62,3 +62,20 @@ def engine_factory(tmp_path):
 def engine(engine_factory):
     """One engine on tmp_path/"db" with the factory's defaults."""
     return engine_factory()
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark(filename): benchmarks/<filename> loaded as a module
+    (the folder is no package)."""
+    import importlib.util
+    import pathlib
+
+    def load(filename: str):
+        path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / filename
+        spec = importlib.util.spec_from_file_location(f"flowdb_bench_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
