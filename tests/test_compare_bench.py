@@ -8,16 +8,13 @@ otherwise.  A wrong answer must fail its worker, never look fast.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import math
-import pathlib
 import random
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
