@@ -40,7 +40,7 @@ import struct
 import threading
 
 import ujson
-from crc32c import crc32c
+from flowdb._core.checksum import crc32c
 
 from flowdb._errors import CorruptionError, FlowError
 from flowdb._fileio import (MANIFEST_NAME, TEMP_SUFFIX, fsync_dir, parse_name,

@@ -53,8 +53,7 @@ import re
 import struct
 import threading
 
-from crc32c import crc32c
-
+from flowdb._core.checksum import crc32c
 from flowdb._core.syscall import close_holding_gil, dup_holding_gil
 from flowdb._errors import CorruptionError, FlowError
 from flowdb._fileio import AppendWriter, fsync_dir, parse_name, wal_name, write_all
@@ -115,9 +114,6 @@ def _header_problem(length: int, seq_start: int, count: int | None):
     return None
 
 
-_CRC_HOLD_GIL_MAX = 1 << 20
-
-
 def _encode_batch(records, synced: int) -> bytes:
     """The WAL records for [(seq_start, payload), ...], concatenated (the append hot path).
 
@@ -131,10 +127,7 @@ def _encode_batch(records, synced: int) -> bytes:
                 or count_of(payload, 0)[0] * MIN_ENTRY_SIZE > length - BATCH_COUNT_SIZE
                 or seq_start + count_of(payload, 0)[0] > MAX_SEQ + 1):
             _refuse(seq_start, payload)
-        # The GIL stays held (a MiB takes ~40 us): winning it back from a busy
-        # flush would cost more.
-        crc = crc32c(payload, value=crc32c(pack_crcd(length, seq_start, synced)),
-                     gil_release_mode=0 if length <= _CRC_HOLD_GIL_MAX else 1)
+        crc = crc32c(payload, value=crc32c(pack_crcd(length, seq_start, synced)))
         add(pack_record(crc, length, seq_start, synced))
         add(payload)
     return b"".join(parts)

@@ -177,6 +177,10 @@ static inline int64_t fdb_mono_ns(void) {
 #define fdb_store_release(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define fdb_load_relaxed(p)      __atomic_load_n((p), __ATOMIC_RELAXED)
 #define fdb_store_relaxed(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* A statistics counter bumped by threads with and without the GIL. */
+static inline void fdb_count(unsigned long long *c, unsigned long long n) {
+    __atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
 
 /* ---- the iterator protocol ----------------------------------------------
  *

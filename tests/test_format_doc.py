@@ -10,7 +10,7 @@ import re
 import pytest
 
 from flowdb import _manifest, _wal
-from flowdb._core import block, bloom, coding, table
+from flowdb._core import block, bloom, checksum, coding, table
 
 DOC = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text()
 
@@ -30,6 +30,11 @@ def doc_magic(prefix):
 def test_internal_key_trailer_is_16_bytes():
     assert "(`FDB_TRAILER_SIZE = 8 + 8`)" in DOC
     assert coding.TRAILER_SIZE == 8 + 8
+
+
+def test_checksum_is_the_documented_crc32c():
+    assert doc_int(r'`crc32c\("123456789"\) = (0x[0-9A-F]+)`') == checksum.crc32c(b"123456789")
+    assert "polynomial\n0x82F63B78" in DOC
 
 
 @pytest.mark.parametrize("name,value", [("DELETE", coding.KIND_DELETE), ("PUT", coding.KIND_PUT),

@@ -15,7 +15,10 @@ small batches beside a thread busy in Python (SmallBatchesBesideBusyThread), poi
 gets with and without misses, get_latest, prefix scan, the 1% windows
 (Reads), bytes on disk after compaction over raw bytes
 (Storage.track_disk_over_raw) and peak memory (Memory.peakmem_*); and
-the flush of one memtable on its own (Flush).
+the flush of one memtable on its own (Flush), and a flush and a compaction
+beside a thread busy in Python (FlushBesideBusyThread,
+CompactionBesideBusyThread: each take of the GIL costs them up to the
+switch interval, 5 ms).
 """
 import os
 import random
@@ -148,6 +151,64 @@ class Flush(_IngestBase):
         self.engine.flush()
 
 
+class _BusyThread:
+    """A thread spinning in Python from setup to teardown (mixed in before
+    the benchmark's base class)."""
+
+    def setup(self):
+        super().setup()
+        self.stop = threading.Event()
+        self.spinner = threading.Thread(target=self._spin)
+        self.spinner.start()
+
+    def _spin(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+
+    def teardown(self):
+        self.stop.set()
+        self.spinner.join()
+        super().teardown()
+
+
+class FlushBesideBusyThread(_BusyThread, Flush):
+    """Flush's memtable flushed while another thread spins in Python: the
+    table build runs without the GIL, taking it once per MiB written
+    (docs/PERFORMANCE.md, "Checksums in C": 0.82 s before, 0.38 s after,
+    for 200,000 readings; 0.17 s with no busy thread)."""
+
+    def time_flush_memtable_beside_busy_thread(self):
+        self.engine.flush()
+
+
+class _ThreeTables(_IngestBase):
+    """SMALL readings written and flushed into three tables (three runs)."""
+
+    records = SMALL
+    config = {"auto_background": False, "compaction_threshold": 100}
+
+    def setup(self):
+        super().setup()
+        batches = self.parts[0]
+        third = len(batches) // 3 + 1
+        for i in range(0, len(batches), third):
+            for batch in batches[i:i + third]:
+                self.engine.write_batch(batch)
+            self.engine.flush()
+        assert len(self.engine._view.runs) == 3, self.engine._view.runs
+
+
+class CompactionBesideBusyThread(_BusyThread, _ThreeTables):
+    """The three tables merged into one run (trigger_compaction) while
+    another thread spins in Python: the merge reads its inputs, and writes
+    its output, without the GIL (docs/PERFORMANCE.md, "Checksums in C":
+    1.08 s before, 0.35 s after, for 200,000 readings)."""
+
+    def time_compaction_beside_busy_thread(self):
+        assert self.engine.trigger_compaction()
+
+
 class _SmallBatchesBase(_IngestBase):
     """Batches of 10 readings from 10 series, one writer, no flush."""
 
@@ -174,7 +235,7 @@ class SmallBatches(_SmallBatchesBase):
         self._write_small()
 
 
-class SmallBatchesBesideBusyThread(_SmallBatchesBase):
+class SmallBatchesBesideBusyThread(_BusyThread, _SmallBatchesBase):
     """2,000 batches of 10 readings while another thread spins in Python.
 
     Each time a write gives the GIL away, winning it back costs the writer
@@ -182,22 +243,6 @@ class SmallBatchesBesideBusyThread(_SmallBatchesBase):
     small writes kept the GIL, 0.07 s after."""
 
     records = 20_000
-
-    def setup(self):
-        super().setup()
-        self.stop = threading.Event()
-        self.spinner = threading.Thread(target=self._spin)
-        self.spinner.start()
-
-    def _spin(self):
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-
-    def teardown(self):
-        self.stop.set()
-        self.spinner.join()
-        super().teardown()
 
     def time_small_batches_beside_busy_thread(self):
         self._write_small()

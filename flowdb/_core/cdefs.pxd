@@ -23,6 +23,7 @@ cdef extern from "flowdb.h" nogil:
     size_t FDB_MAX_VARINT64
 
     int64_t fdb_mono_ns()
+    void fdb_count(unsigned long long *c, unsigned long long n)
 
     void fdb_put_u32le(uint8_t *p, uint32_t v)
     uint32_t fdb_get_u32le(const uint8_t *p)

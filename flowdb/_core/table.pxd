@@ -29,8 +29,8 @@ cdef struct PendingBlock:
     int64_t max_ts
     int64_t min_exp
     int64_t max_exp
-    size_t z_off              # the block compressed, in TableBuilder.pend_z
-    size_t z_len              #   (0: stored raw)
+    uint64_t off              # where it is stored in the file (_write_pending)
+    uint64_t size             #   and its stored size, without the trailer
 
 
 cdef class TableBuilder:
@@ -38,8 +38,8 @@ cdef class TableBuilder:
     # The exception behind a non-OK status returned by add().
     cdef object error
     # Appends an entry; entries must come in strictly increasing internal-key
-    # order.  Runs without the GIL except when PENDING_BYTES of cut blocks
-    # are written (compression, checksum and write take the GIL).  Returns
+    # order.  Runs without the GIL; takes it only to hand a full write
+    # buffer to os.write, or to warm the cache (_write_pending).  Returns
     # FDB_OK or an FDB_ERR_* code.
     # A rejected entry (bad kind or value, out of order: FDB_ERR_PYTHON with a
     # ValueError) leaves the builder as it was; an I/O or memory error
@@ -79,14 +79,17 @@ cdef class TableBuilder:
     cdef uint64_t min_seq             # over point entries and range deletes
     cdef uint64_t max_seq
     cdef uint64_t offset              # bytes of the file so far (written + buffered)
-    cdef bytearray wbuf               # bytes not yet handed to os.write
+    cdef uint8_t *wbuf                # stored blocks with their trailers, not yet
+    cdef size_t wbuf_len              #   handed to os.write
+    cdef size_t wbuf_cap
     cdef set range_dels               # {(start, end, seq)}
     cdef BlockCache warm_cache        # warm(): data blocks go here as written, or None
     cdef uint64_t warm_file           # the table's file number: their cache key
-    # Cut data blocks not yet written: queued without the GIL, written with
-    # it PENDING_BYTES at a time, so that a flush wins the GIL back once per
-    # batch of blocks rather than once per block (each costs up to a switch
-    # interval, 5 ms, when another thread is busy in Python).
+    # Cut data blocks not yet stored: compressed and checksummed into wbuf
+    # PENDING_BYTES at a time, so that a flush that must take the GIL (a full
+    # wbuf, warming) takes it once per batch of blocks rather than once per
+    # block (each take costs up to a switch interval, 5 ms, when another
+    # thread is busy in Python).
     cdef uint8_t *pend_raw
     cdef size_t pend_raw_len
     cdef size_t pend_raw_cap
@@ -94,19 +97,22 @@ cdef class TableBuilder:
     cdef size_t pend_keys_len
     cdef size_t pend_keys_cap
     cdef PendingBlock *pend
-    cdef uint8_t *pend_z              # the queued blocks compressed (nogil), then written
-    cdef size_t pend_z_cap
     cdef size_t npend
     cdef size_t pend_cap_bytes
     cdef readonly unsigned long long block_batches  # _write_pending calls that wrote blocks
+    cdef readonly unsigned long long gil_takes      # _write_pending's takes of the GIL
     cdef uint64_t raw_written         # data blocks written: bytes before compression,
     cdef uint64_t stored_written      #   and as stored
 
     # Finishes the data block being filled and queues it (_write_pending
     # once PENDING_BYTES are queued).
     cdef int _cut_block(self) noexcept nogil
-    # Compresses and writes the queued blocks and adds their index entries.
+    # Compresses the queued blocks into wbuf and adds their index entries.
     cdef int _write_pending(self) noexcept nogil
+    # The part of _write_pending that needs the GIL: warming, os.write.
+    cdef int _hand_over(self) noexcept
+    # Appends one block to wbuf as stored, with its trailer (no GIL needed).
+    cdef void _store(self, const uint8_t *raw, size_t n, PendingBlock *pb) noexcept nogil
     cdef int _index_entry(self, const PendingBlock *pb, uint64_t off, uint64_t size) noexcept nogil
     # Refuses one entry: error = ValueError(message); returns FDB_ERR_PYTHON.
     cdef int _reject(self, const char *message) noexcept nogil
@@ -116,14 +122,13 @@ cdef class TableBuilder:
     cdef void _free(self) noexcept
     cdef dict _props(self)
     cdef tuple _write_block(self, object raw)
-    cdef tuple _write_stored(self, object stored, int typ)
     cdef _flush_wbuf(self)
     cdef _warm(self, uint64_t off, bytes raw)
 
 
 cdef class TableReader(Source):
     """An open SSTable.  Thread-safe: after __init__ every shared field is
-    read-only (the block counters change under the GIL), reads use pread, and
+    read-only (the block counters change by atomic adds), reads use pread, and
     any number of threads may each drive their own iterator at once.  close()
     must not race with iterators in use; dropping the last reference (every
     iterator holds one) closes the file too."""

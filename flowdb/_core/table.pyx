@@ -27,8 +27,9 @@ import errno as _errno
 import os
 import struct
 
-import crc32c as _crc32c
 import ujson
+
+from flowdb._core.checksum import crc32c
 
 from cpython.object cimport PyTypeObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
@@ -37,13 +38,15 @@ from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close
 from libc.errno cimport errno, EAGAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
 
 from flowdb._core.cdefs cimport (
     fdb_iter, fdb_ikey_cmp, fdb_ukey_cmp, fdb_ikey_ts, fdb_ikey_seq, fdb_ikey_kind,
-    fdb_get_u32le, fdb_get_u64le, fdb_put_u64le, fdb_put_varint, fdb_get_varint, fdb_ikey_write,
+    fdb_get_u32le, fdb_get_u64le, fdb_put_u32le, fdb_put_u64le, fdb_put_varint, fdb_get_varint, fdb_ikey_write,
     FDB_OK, FDB_ERR_CORRUPTION, FDB_ERR_IO, FDB_ERR_NOMEM, FDB_ERR_PYTHON,
     FDB_KIND_PUT, FDB_KIND_DELETE, FDB_KIND_RANGE_DEL, FDB_TRAILER_SIZE,
-    FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64)
+    FDB_MAX_SEQ, FDB_NEVER, FDB_MAX_VARINT64, fdb_count)
 from flowdb._core.iterator cimport (Iterator, Source, EntryHit, entry_hit, HIT_SAME_TS,
                                     VERSION_UNKNOWN, VERSION_FOUND, VERSION_NONE)
 from flowdb._core.block cimport (
@@ -56,7 +59,9 @@ from flowdb._core.block cimport (
 from flowdb._core.block_cache cimport (BlockCache, BlockMeta, BLOCK_META_RESTARTS,
                                        untrusted_meta)
 from flowdb._core.snappy cimport (
-    fdb_snappy_compress, fdb_snappy_max_compressed, compress_bytes, decompress_bytes)
+    fdb_snappy_compress, fdb_snappy_max_compressed, fdb_snappy_ulen, fdb_snappy_decompress,
+    decompress_bytes)
+from flowdb._core.checksum cimport crc32c_extend
 from flowdb._core.bloom cimport (
     bloom_builder_init, bloom_builder_add_hash, bloom_builder_size,
     bloom_builder_write, bloom_builder_free, bloom_hash, bloom_may_contain,
@@ -71,6 +76,8 @@ cdef extern from "Python.h":
 # -- format constants (docs/FORMAT.md; never renumber) ---------------------------
 
 cdef enum:
+    _COMPRESSION_NONE = 0
+    _COMPRESSION_SNAPPY = 1
     _BLOCK_TRAILER_SIZE = 1 + 4
     _BLOCK_HANDLE_SIZE = 8 + 8
     _FOOTER_SIZE = 4 * _BLOCK_HANDLE_SIZE + 4 + 4 + 8
@@ -87,8 +94,8 @@ TABLE_MAGIC = b"FLOWSST\x00"
 #: The table format this code writes and reads.
 FORMAT_VERSION = 1
 #: Block trailer type byte.
-COMPRESSION_NONE = 0
-COMPRESSION_SNAPPY = 1
+COMPRESSION_NONE = _COMPRESSION_NONE
+COMPRESSION_SNAPPY = _COMPRESSION_SNAPPY
 #: A block is stored compressed only if that saves at least 1/8 (12.5 %):
 #: compressed iff 8 * len(snappy) <= 7 * len(raw).
 COMPRESSION_MIN_SAVING_EIGHTHS = _MIN_SAVING_EIGHTHS
@@ -100,22 +107,25 @@ cdef enum:
     # Not format: bytes of cut data blocks (uncompressed) queued before they are written.
     _PENDING_BYTES = 256 * 1024
     # Not format: an iterator with read_ahead (a compaction's inputs) reads
-    # up to this many following blocks, or this many bytes of them
-    # decompressed, each time it takes the GIL to read one.
+    # up to this many blocks at once, or this many bytes of them (stored,
+    # and decompressed), without the GIL.
     _READAHEAD_BLOCKS = 32
     _READAHEAD_BYTES = 256 * 1024
 
 #: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
 INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
 
-# Not format: the builder hands bytes to os.write in chunks of about this size.
-WRITE_BUFFER_SIZE = 1 << 20
+cdef enum:
+    # Not format: the builder hands bytes to os.write in chunks of about this size.
+    _WRITE_BUFFER_SIZE = 1 << 20
+WRITE_BUFFER_SIZE = _WRITE_BUFFER_SIZE
 PENDING_BYTES = _PENDING_BYTES
 # Not format: the largest block_size a builder accepts (restart offsets are u32).
 MAX_BLOCK_SIZE = 1 << 30
 # Not format: snappy expands at most ~21x (a 3-byte copy of 64 bytes); a
 # stored block claiming more is corrupt and is not handed to the decompressor.
-_SNAPPY_MAX_RATIO = 32
+cdef enum:
+    _SNAPPY_MAX_RATIO = 32
 
 _PROPS_INT_FIELDS = (
     "num_entries", "num_deletes", "num_range_dels", "num_data_blocks",
@@ -130,9 +140,21 @@ cdef inline bint _worth_compressing(size_t compressed, size_t raw) noexcept nogi
     return 8 * compressed <= (8 - _MIN_SAVING_EIGHTHS) * raw
 
 
-cdef bytes _trailer(int typ, stored):
-    crc = _crc32c.crc32c(bytes((typ,)), _crc32c.crc32c(stored))
-    return bytes((typ,)) + crc.to_bytes(4, "little")
+cdef int _status_of(BaseException e):
+    """The FDB_ERR_* status a C caller gets for exception e."""
+    if isinstance(e, CorruptionError):
+        return FDB_ERR_CORRUPTION
+    if isinstance(e, OSError):
+        return FDB_ERR_IO
+    if isinstance(e, MemoryError):
+        return FDB_ERR_NOMEM
+    return FDB_ERR_PYTHON
+
+
+cdef inline void _put_trailer(uint8_t *stored, size_t n, uint8_t typ) noexcept nogil:
+    # stored[n:n + 5] = type, crc32c(stored | type)
+    stored[n] = typ
+    fdb_put_u32le(stored + n + 1, crc32c_extend(0, stored, n + 1))
 
 
 def range_del_key(bytes start not None, unsigned long long seq):
@@ -178,12 +200,11 @@ cdef class TableBuilder:
         self.max_exp = INT64_MIN
         self.min_seq = FDB_MAX_SEQ
         self.max_seq = 0
-        self.wbuf = bytearray()
+        self.wbuf = NULL
+        self.wbuf_len = self.wbuf_cap = 0
         self.range_dels = set()
         self.warm_cache = None
         self.pend_raw = NULL
-        self.pend_z = NULL
-        self.pend_z_cap = 0
         self.pend_raw_len = self.pend_raw_cap = 0
         self.pend_keys = NULL
         self.pend_keys_len = self.pend_keys_cap = 0
@@ -219,9 +240,9 @@ cdef class TableBuilder:
         free(self.pend_raw)
         free(self.pend_keys)
         free(self.pend)
-        free(self.pend_z)
-        self.pend_z = NULL
-        self.pend_z_cap = 0
+        free(self.wbuf)
+        self.wbuf = NULL
+        self.wbuf_len = self.wbuf_cap = 0
         self.pend_raw = self.pend_keys = NULL
         self.pend = NULL
         self.npend = self.pend_raw_len = self.pend_keys_len = 0
@@ -360,52 +381,63 @@ cdef class TableBuilder:
 
     cdef int _write_pending(self) noexcept nogil:
         cdef int rc = FDB_OK
-        cdef size_t i, need = 0, z = 0
-        cdef uint64_t off = 0, size = 0
+        cdef size_t i, need = 0
         cdef PendingBlock *pb
         if self.npend == 0:
             return FDB_OK
         self.block_batches += 1
-        # Compress without the GIL: a writer thread runs beside the flush.
+        # Compress and checksum without the GIL: a writer thread runs beside
+        # the flush.
         for i in range(self.npend):
-            need += fdb_snappy_max_compressed(self.pend[i].raw_len)
-        if reserve_bytes(&self.pend_z, &self.pend_z_cap, need) != FDB_OK:
+            need += fdb_snappy_max_compressed(self.pend[i].raw_len) + _BLOCK_TRAILER_SIZE
+        if reserve_bytes(&self.wbuf, &self.wbuf_cap, self.wbuf_len + need) != FDB_OK:
             return self._nomem()
         for i in range(self.npend):
             pb = &self.pend[i]
-            pb.z_off = z
-            pb.z_len = fdb_snappy_compress(self.pend_raw + pb.raw_off, pb.raw_len, self.pend_z + z)
-            if not _worth_compressing(pb.z_len, pb.raw_len):
-                pb.z_len = 0
-            z += pb.z_len
-        with gil:
-            try:
-                for i in range(self.npend):
-                    pb = &self.pend[i]
-                    raw = None                  # a bytes copy only when needed
-                    if pb.z_len:
-                        off, size = self._write_stored(
-                            (<const char *>self.pend_z + pb.z_off)[:pb.z_len], COMPRESSION_SNAPPY)
-                    else:
-                        raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
-                        off, size = self._write_stored(raw, COMPRESSION_NONE)
-                    self.raw_written += pb.raw_len
-                    self.stored_written += size
-                    if self.warm_cache is not None:
-                        if raw is None:
-                            raw = (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len]
-                        self._warm(off, raw)
-                    rc = self._index_entry(&self.pend[i], off, size)
-                    if rc != FDB_OK:
-                        break
-            except OSError as e:
-                rc = self._fail(FDB_ERR_IO, e)
-            except MemoryError as e:
-                rc = self._fail(FDB_ERR_NOMEM, e)
-            except BaseException as e:
-                rc = self._fail(FDB_ERR_PYTHON, e)
+            self._store(self.pend_raw + pb.raw_off, pb.raw_len, pb)
+            self.raw_written += pb.raw_len
+            self.stored_written += pb.size
+            rc = self._index_entry(pb, pb.off, pb.size)
+            if rc != FDB_OK:
+                break
+        if rc == FDB_OK and (self.warm_cache is not None or self.wbuf_len >= _WRITE_BUFFER_SIZE):
+            self.gil_takes += 1
+            with gil:
+                rc = self._hand_over()
         self.npend = self.pend_raw_len = self.pend_keys_len = 0
         return rc
+
+    cdef int _hand_over(self) noexcept:
+        # Apart from _write_pending, which must hold no Python object: one
+        # would make Cython take the GIL at its every return to release it.
+        cdef size_t i
+        cdef PendingBlock *pb
+        try:
+            if self.warm_cache is not None:
+                for i in range(self.npend):
+                    pb = &self.pend[i]
+                    self._warm(pb.off, (<const char *>self.pend_raw + pb.raw_off)[:pb.raw_len])
+            if self.wbuf_len >= _WRITE_BUFFER_SIZE:
+                self._flush_wbuf()
+        except BaseException as e:
+            return self._fail(_status_of(e), e)
+        return FDB_OK
+
+    cdef void _store(self, const uint8_t *raw, size_t n, PendingBlock *pb) noexcept nogil:
+        # The caller reserved room for the block compressed (or raw, which is
+        # never larger than the bound) and its trailer.
+        cdef uint8_t *out = self.wbuf + self.wbuf_len
+        cdef size_t z = fdb_snappy_compress(raw, n, out)
+        cdef uint8_t typ = _COMPRESSION_SNAPPY
+        if not _worth_compressing(z, n):
+            memcpy(out, raw, n)
+            z = n
+            typ = _COMPRESSION_NONE
+        _put_trailer(out, z, typ)
+        pb.off = self.offset
+        pb.size = z
+        self.wbuf_len += z + _BLOCK_TRAILER_SIZE
+        self.offset += z + _BLOCK_TRAILER_SIZE
 
     cdef int _index_entry(self, const PendingBlock *pb, uint64_t off, uint64_t size) noexcept nogil:
         cdef uint8_t v[_INDEX_VALUE_MAX]
@@ -423,22 +455,18 @@ cdef class TableBuilder:
         return FDB_OK
 
     cdef tuple _write_block(self, object raw):
-        """Appends raw as a stored block with its trailer; returns its handle."""
+        """Appends raw (a meta block) as stored, with its trailer; returns its
+        handle."""
+        cdef PendingBlock pb
         cdef const uint8_t[::1] src = raw
-        compressed = compress_bytes(&src[0] if src.shape[0] else NULL, src.shape[0])
-        if _worth_compressing(len(compressed), len(raw)):
-            return self._write_stored(compressed, COMPRESSION_SNAPPY)
-        return self._write_stored(raw, COMPRESSION_NONE)
-
-    cdef tuple _write_stored(self, object stored, int typ):
-        """Appends a block as stored, with its trailer; returns its handle."""
-        off = self.offset
-        self.wbuf += stored
-        self.wbuf += _trailer(typ, stored)
-        self.offset += len(stored) + BLOCK_TRAILER_SIZE
-        if len(self.wbuf) >= WRITE_BUFFER_SIZE:
+        cdef size_t n = src.shape[0]
+        if reserve_bytes(&self.wbuf, &self.wbuf_cap, self.wbuf_len
+                         + fdb_snappy_max_compressed(n) + _BLOCK_TRAILER_SIZE) != FDB_OK:
+            raise MemoryError("out of memory building a table")
+        self._store(&src[0] if n else NULL, n, &pb)
+        if self.wbuf_len >= _WRITE_BUFFER_SIZE:
             self._flush_wbuf()
-        return off, len(stored)
+        return pb.off, pb.size
 
     cdef _warm(self, uint64_t off, bytes raw):
         # Only into free room: warming never evicts what readers are using.
@@ -459,11 +487,13 @@ cdef class TableBuilder:
             block_iter_free(&blk)
 
     cdef _flush_wbuf(self):
-        cdef Py_ssize_t pos = 0, n = len(self.wbuf)
-        with memoryview(self.wbuf) as view:
+        # Through os.write, not C: the tests' fault-injection layer
+        # (tests/reliability/faultfs.py) wraps the os module.
+        cdef size_t pos = 0, n = self.wbuf_len
+        with PyMemoryView_FromMemory(<char *>self.wbuf, n, PyBUF_READ) as view:
             while pos < n:
                 pos += os.write(self.fd, view[pos:])
-        del self.wbuf[:]
+        self.wbuf_len = 0
 
     # -- Python API -------------------------------------------------------------
 
@@ -583,10 +613,13 @@ cdef class TableBuilder:
             footer = b"".join(_handle.pack(*h) for h in
                               (index_handle, bloom_handle, props_handle, rd_handle))
             footer += FORMAT_VERSION.to_bytes(4, "little")
-            footer += _crc32c.crc32c(footer).to_bytes(4, "little")
+            footer += crc32c(footer).to_bytes(4, "little")
             footer += TABLE_MAGIC
-            self.wbuf += footer
-            self.offset += len(footer)
+            if reserve_bytes(&self.wbuf, &self.wbuf_cap, self.wbuf_len + _FOOTER_SIZE) != FDB_OK:
+                raise MemoryError("out of memory building a table")
+            memcpy(self.wbuf + self.wbuf_len, <const char *>footer, _FOOTER_SIZE)
+            self.wbuf_len += _FOOTER_SIZE
+            self.offset += _FOOTER_SIZE
             self._flush_wbuf()
             os.fsync(self.fd)
             fd, self.fd = self.fd, -1
@@ -883,7 +916,7 @@ cdef class TableReader(Source):
             raise self._corrupt(f"unsupported table format version {version} "
                                 f"(this flowdb reads version {FORMAT_VERSION})", size - 16)
         crc = int.from_bytes(footer[4 * BLOCK_HANDLE_SIZE + 4:4 * BLOCK_HANDLE_SIZE + 8], "little")
-        if _crc32c.crc32c(footer[:4 * BLOCK_HANDLE_SIZE + 4]) != crc:
+        if crc32c(footer[:4 * BLOCK_HANDLE_SIZE + 4]) != crc:
             raise self._corrupt("footer checksum mismatch", fstart)
         index_h, bloom_h, props_h, rd_h = [_handle.unpack_from(footer, BLOCK_HANDLE_SIZE * i)
                                           for i in range(4)]
@@ -972,10 +1005,8 @@ cdef class TableReader(Source):
         if <size_t>got != n:
             raise self._corrupt(f"{what} cut short", offset)
         typ = raw[size]
-        if verify:
-            crc = int.from_bytes(raw[size + 1:], "little")
-            if _crc32c.crc32c(memoryview(raw)[:size + 1]) != crc:      # stored | type
-                raise self._corrupt(f"{what} checksum mismatch", offset)
+        if verify and crc32c_extend(0, buf, size + 1) != fdb_get_u32le(<uint8_t *>buf + size + 1):
+            raise self._corrupt(f"{what} checksum mismatch", offset)      # crc of stored | type
         if typ == COMPRESSION_NONE:
             return raw[:size]
         if typ == COMPRESSION_SNAPPY:
@@ -991,7 +1022,7 @@ cdef class TableReader(Source):
         cache first, and fills it; it reads through its own index.)"""
         self.ensure_meta()
         cdef IndexEntry *e = &self.index[i]
-        self.blocks_read += 1
+        fdb_count(&self.blocks_read, 1)
         return self._read_block(e.offset, e.size, verify, "data block")
 
     cdef bytes _meta_block(self, uint64_t offset, uint64_t size, str what):
@@ -1003,7 +1034,7 @@ cdef class TableReader(Source):
             data = cache.lookup(self.cache_file, offset, &meta)
         if data is None:
             data = self._read_block(offset, size, True, what)
-            self.blocks_read += 1
+            fdb_count(&self.blocks_read, 1)
             if cache is not None:
                 untrusted_meta(&meta)
                 cache.insert(self.cache_file, offset, data, &meta)
@@ -1023,7 +1054,7 @@ cdef class TableReader(Source):
         if cache is not None:
             data = cache.lookup(self.cache_file, e.offset, &meta)
         if data is not None:
-            self.blocks_loaded += 1
+            fdb_count(&self.blocks_loaded, 1)
             if meta.trusted:
                 _prefetch_restart_entries(<const uint8_t *><const char *>data, &meta)
                 block_iter_reset_trusted(blk, <const uint8_t *><const char *>data, len(data),
@@ -1032,9 +1063,9 @@ cdef class TableReader(Source):
             if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
                 raise self._block_error(blk, e.offset)
             return data
-        self.blocks_read += 1
+        fdb_count(&self.blocks_read, 1)
         data = self._read_block(e.offset, e.size, verify, "data block")
-        self.blocks_loaded += 1
+        fdb_count(&self.blocks_loaded, 1)
         if block_iter_reset(blk, <const uint8_t *><const char *>data, len(data)) != FDB_OK:
             raise self._block_error(blk, e.offset)
         cache = self.block_cache            # None once the table is retired (detach_cache)
@@ -1322,6 +1353,10 @@ cdef class TableReader(Source):
         it.st.search = &(<_Index>it.holder).search
         it.st.ts_lo = ts_lo
         it.st.ts_hi = ts_hi
+        it.st.verify = verify_checksums
+        it.st.fd = &self.fd
+        it.st.blocks_read = &self.blocks_read
+        it.st.blocks_loaded = &self.blocks_loaded
         return it
 
 
@@ -1338,29 +1373,40 @@ cdef struct TIterState:
     int64_t ts_lo             # blocks whose ts bounds miss [ts_lo, ts_hi] are skipped
     int64_t ts_hi
     CBlockIter blk
-    # Blocks [ra_lo, ra_hi) read ahead (their bytes held by the owner's
-    # `ahead`): a forward move onto one of them needs no GIL.
+    bint verify               # check block checksums
+    # With read_ahead, blocks [ra_lo, ra_hi) are read (one pread into
+    # ra_buf) and decompressed (into ra_out) without the GIL; a forward move
+    # onto one of them needs no GIL either.
+    bint read_ahead
+    const int *fd             # the reader's descriptor (-1 once closed)
+    unsigned long long *blocks_read     # the reader's counters (fdb_count)
+    unsigned long long *blocks_loaded
     Py_ssize_t ra_lo
     Py_ssize_t ra_hi
     const uint8_t *ra_data[_READAHEAD_BLOCKS]
     size_t ra_len[_READAHEAD_BLOCKS]
+    uint8_t *ra_buf
+    size_t ra_buf_cap
+    uint8_t *ra_out
+    size_t ra_out_cap
 
 
 cdef class TableIterator(Iterator):
     """Two-level iterator: the in-memory index, then one data block at a time.
 
     With read_ahead set (a compaction's inputs), moving forward onto a block
-    it must load also reads the blocks that follow, up to _READAHEAD_BYTES,
-    in the same hold of the GIL.  The compaction's nogil loop then takes the
-    GIL once per batch of blocks, not per block: beside a thread busy in
-    Python each take costs up to the switch interval (5 ms).  Scans keep one
-    block at a time, so their memory does not grow with the tables merged."""
+    it must load reads it and the blocks that follow, up to _READAHEAD_BYTES,
+    with one pread, and checks and decompresses them, all without the GIL
+    (_ti_read_batch): beside a thread busy in Python each take of the GIL
+    costs up to the switch interval (5 ms), and the compaction's merge loop
+    runs without it.  The cache is neither read nor filled that way (a
+    compaction reads each block once).  Scans keep one block at a time, so
+    their memory does not grow with the tables merged."""
     cdef TIterState st
     cdef TableReader reader
     cdef object holder        # the _Index st.index/st.keys point into
-    cdef bytes block          # the bytes st.blk reads
-    cdef list ahead           # the bytes of blocks [st.ra_lo, st.ra_hi)
-    cdef public bint read_ahead
+    cdef bytes block          # the bytes st.blk reads, when _load read them
+    cdef readonly unsigned long long gil_loads   # blocks loaded holding the GIL (_load)
     cdef bint fill_cache
     cdef bint verify_checksums
 
@@ -1383,10 +1429,23 @@ cdef class TableIterator(Iterator):
         self.st.n = 0
         self.st.cur = -1
         self.st.ra_lo = self.st.ra_hi = 0
+        self.st.ra_buf = self.st.ra_out = NULL
+        self.st.ra_buf_cap = self.st.ra_out_cap = 0
+        self.st.read_ahead = False
         self.it = &self.st.base
 
     def __dealloc__(self):
         block_iter_free(&self.st.blk)
+        free(self.st.ra_buf)
+        free(self.st.ra_out)
+
+    @property
+    def read_ahead(self):
+        return self.st.read_ahead
+
+    @read_ahead.setter
+    def read_ahead(self, bint on):
+        self.st.read_ahead = on
 
     cdef int _fail(self, int code, object exc) noexcept:
         self.error = exc
@@ -1394,54 +1453,19 @@ cdef class TableIterator(Iterator):
         self.st.base.valid = 0
         return code
 
-    cdef int _load(self, Py_ssize_t i, bint forward) noexcept:
-        """Points st.blk at data block i (TableReader._data_block); moving
-        forward with read_ahead, reads the following blocks too."""
+    cdef int _load(self, Py_ssize_t i) noexcept:
+        """Points st.blk at data block i (TableReader._data_block), through
+        the cache; raises what reading it meets (as _fail)."""
+        self.gil_loads += 1
         self.st.ra_lo = self.st.ra_hi = 0
         try:
             # Through this iterator's own index: the reader's may be released.
             self.block = self.reader._data_block(&self.st.index[i], self.fill_cache,
                                                  self.verify_checksums, &self.st.blk)
-        except CorruptionError as e:
-            return self._fail(FDB_ERR_CORRUPTION, e)
-        except OSError as e:
-            return self._fail(FDB_ERR_IO, e)
-        except MemoryError as e:
-            return self._fail(FDB_ERR_NOMEM, e)
         except BaseException as e:
-            return self._fail(FDB_ERR_PYTHON, e)
+            return self._fail(_status_of(e), e)
         self.st.cur = i
-        self.ahead = None                   # st.blk has left those blocks
-        if forward and self.read_ahead:
-            self._read_ahead(i + 1)
         return FDB_OK
-
-    cdef void _read_ahead(self, Py_ssize_t j) noexcept:
-        """Reads the overlapping blocks from j on into `ahead`, stopping at
-        the first that fails: the iterator meets that one through _load and
-        reports it then, as if nothing had been read ahead."""
-        cdef TIterState *st = &self.st
-        cdef CBlockIter blk
-        cdef size_t held = 0
-        cdef bytes data
-        ahead = []
-        block_iter_init(&blk)
-        try:
-            while (j < st.n and _overlaps(st, j) and len(ahead) < _READAHEAD_BLOCKS
-                   and held < _READAHEAD_BYTES):
-                data = self.reader._data_block(&st.index[j], False, self.verify_checksums, &blk)
-                st.ra_data[len(ahead)] = <const uint8_t *><const char *>data
-                st.ra_len[len(ahead)] = len(data)
-                ahead.append(data)
-                held += len(data)
-                j += 1
-        except BaseException:
-            pass
-        finally:
-            block_iter_free(&blk)
-        self.ahead = ahead
-        st.ra_hi = j
-        st.ra_lo = j - len(ahead)
 
     cdef int _blk_failed(self) noexcept:
         cdef int code = self.st.blk.base.status
@@ -1452,7 +1476,10 @@ cdef class TableIterator(Iterator):
     def blocks_held(self):
         """The blocks the iterator holds: the one it reads (0 or 1) and
         those read ahead (with read_ahead only)."""
-        return (0 if self.block is None else 1) + (len(self.ahead) if self.ahead else 0)
+        cdef Py_ssize_t n = self.st.ra_hi - self.st.ra_lo
+        if self.block is not None and not self.st.ra_lo <= self.st.cur < self.st.ra_hi:
+            n += 1
+        return n
 
 
 cdef inline bint _overlaps(const TIterState *st, Py_ssize_t i) noexcept nogil:
@@ -1464,17 +1491,84 @@ cdef int _ti_load(TIterState *st, Py_ssize_t i, bint forward) noexcept nogil:
     cdef Py_ssize_t k
     if st.cur == i:
         return FDB_OK
-    if st.ra_lo <= i < st.ra_hi:
-        # Checked as it was read (block_iter_reset in _data_block): the
-        # check again costs O(restarts) and keeps one way in.
-        k = i - st.ra_lo
-        st.cur = i
-        if block_iter_reset(&st.blk, st.ra_data[k], st.ra_len[k]) != FDB_OK:
-            return _ti_blk_failed(st)
-        return FDB_OK
-    with gil:
-        rc = (<TableIterator>st.owner)._load(i, forward)
-    return rc
+    if not st.ra_lo <= i < st.ra_hi and not (
+            forward and st.read_ahead and _ti_read_batch(st, i)):
+        # The cache, or a block the batch could not take (a bad one is
+        # reported from here, as without read_ahead).
+        with gil:
+            rc = (<TableIterator>st.owner)._load(i)
+        return rc
+    k = i - st.ra_lo
+    st.cur = i
+    if block_iter_reset(&st.blk, st.ra_data[k], st.ra_len[k]) != FDB_OK:
+        return _ti_blk_failed(st)
+    return FDB_OK
+
+
+cdef Py_ssize_t _ti_read_batch(TIterState *st, Py_ssize_t i) noexcept nogil:
+    """Reads blocks i, i+1, ... (overlapping, adjacent in the file) with one
+    pread, checks their checksums and decompresses them, into ra_buf and
+    ra_out: [ra_lo, ra_hi) = [i, i + the blocks that passed).  Returns that
+    count; 0 if block i itself failed or any other trouble (the caller then
+    reads it with the GIL, which reports what is wrong)."""
+    cdef Py_ssize_t j = i, k
+    cdef uint64_t start = st.index[i].offset, end = start
+    cdef size_t stored, held = 0, nout = 0
+    cdef size_t out_off[_READAHEAD_BLOCKS]
+    cdef uint64_t ulen
+    cdef size_t header
+    cdef const uint8_t *b
+    cdef uint8_t typ
+    cdef int fd = st.fd[0]
+    if fd < 0:
+        return 0
+    while j < st.n and j - i < _READAHEAD_BLOCKS and _overlaps(st, j) and st.index[j].offset == end:
+        stored = st.index[j].size + _BLOCK_TRAILER_SIZE
+        if j > i and end - start + stored > _READAHEAD_BYTES:
+            break
+        end += stored
+        j += 1
+    # st.blk may read the buffers about to be overwritten: it holds no block now.
+    st.cur = -1
+    st.ra_lo = st.ra_hi = 0
+    if (end == start or reserve_bytes(&st.ra_buf, &st.ra_buf_cap, end - start) != FDB_OK
+            or fdb_pread_full(fd, st.ra_buf, end - start, start) != <ssize_t>(end - start)):
+        return 0
+    b = st.ra_buf
+    k = i
+    while k < j:
+        stored = st.index[k].size
+        if st.verify and crc32c_extend(0, b, stored + 1) != fdb_get_u32le(b + stored + 1):
+            break
+        typ = b[stored]
+        if typ == _COMPRESSION_NONE:
+            st.ra_data[k - i] = b
+            st.ra_len[k - i] = stored
+            out_off[k - i] = <size_t>-1
+            held += stored
+        elif typ == _COMPRESSION_SNAPPY:
+            if (fdb_snappy_ulen(b, stored, &ulen, &header) != 0
+                    or ulen > _SNAPPY_MAX_RATIO * stored + 64
+                    or (k > i and held + ulen > _READAHEAD_BYTES)
+                    or reserve_bytes(&st.ra_out, &st.ra_out_cap, nout + ulen) != FDB_OK
+                    or fdb_snappy_decompress(b, stored, st.ra_out + nout, ulen) != 0):
+                break
+            out_off[k - i] = nout
+            st.ra_len[k - i] = ulen
+            nout += ulen
+            held += ulen
+        else:
+            break
+        b += stored + _BLOCK_TRAILER_SIZE
+        k += 1
+    for j in range(k - i):                  # ra_out may have moved as it grew
+        if out_off[j] != <size_t>-1:
+            st.ra_data[j] = st.ra_out + out_off[j]
+    fdb_count(st.blocks_read, k - i)
+    fdb_count(st.blocks_loaded, k - i)
+    st.ra_lo = i
+    st.ra_hi = k
+    return k - i
 
 
 cdef int _ti_blk_failed(TIterState *st) noexcept nogil:

@@ -506,6 +506,9 @@ def test_blocks_are_written_in_batches_of_pending_bytes(tmp_path):
     # The first block alone (it gives the compression ratio), then full batches.
     assert 1 + raw // PENDING_BYTES <= b.block_batches <= 3 + raw // PENDING_BYTES
     assert props["num_data_blocks"] > 4 * b.block_batches
+    # Compression and checksums run without the GIL; it is taken only to
+    # hand each full MiB of the write buffer to os.write.
+    assert b.gil_takes == props["file_size"] // (1 << 20)
     r = TableReader(str(path), 1, None)
     assert scan(r.new_iterator()) == model
     check_block_meta(r, props)
@@ -1095,6 +1098,22 @@ def test_doc_states_the_code_constants():
     assert "0xbc9f1d34" in text
 
 
+def _claim_one_byte_more(data, off):
+    """Makes the snappy stream at off claim one byte more than it holds (the
+    new varint length fits the same bytes)."""
+    claimed, nbytes = 0, 0
+    for i in range(5):
+        claimed |= (data[off + i] & 0x7F) << (7 * i)
+        if not data[off + i] & 0x80:
+            nbytes = i + 1
+            break
+    assert (claimed + 1).bit_length() <= 7 * nbytes
+    v = claimed + 1
+    for i in range(nbytes):
+        data[off + i] = (v & 0x7F) | (0x80 if i < nbytes - 1 else 0)
+        v >>= 7
+
+
 def test_compressed_block_that_does_not_decompress_is_corrupt(tmp_path):
     # A snappy stream that passes its checksum but claims one byte more than
     # it holds (a writer bug, not disk damage) is reported, never returned.
@@ -1105,17 +1124,7 @@ def test_compressed_block_that_does_not_decompress_is_corrupt(tmp_path):
     r.close()
     data = bytearray(path.read_bytes())
     assert data[off + size] == 1                      # stored compressed
-    claimed, nbytes = 0, 0
-    for i in range(5):                                # the stream's varint length
-        claimed |= (data[off + i] & 0x7F) << (7 * i)
-        if not data[off + i] & 0x80:
-            nbytes = i + 1
-            break
-    assert (claimed + 1).bit_length() <= 7 * nbytes   # the new length fits the same bytes
-    v = claimed + 1
-    for i in range(nbytes):
-        data[off + i] = (v & 0x7F) | (0x80 if i < nbytes - 1 else 0)
-        v >>= 7
+    _claim_one_byte_more(data, off)
     _restamp(data, off, size)
     path.write_bytes(data)
     r = TableReader(str(path), 1, BlockCache(1 << 20))
@@ -1146,6 +1155,7 @@ def test_read_ahead_gives_the_same_entries_in_fewer_gil_takes(tmp_path):
     assert got == model
     assert max(held) > 1                              # blocks read ahead were held
     assert r.blocks_read == r.num_data_blocks         # each block read once
+    assert it.gil_loads == 0                          # all of them without the GIL
     # Seeks and backward moves give what a plain iterator gives.
     plain = r.new_iterator(fill_cache=False)
     rng = random.Random(3)
@@ -1161,14 +1171,23 @@ def test_read_ahead_gives_the_same_entries_in_fewer_gil_takes(tmp_path):
         assert current(it) == current(plain) == seek_for_prev(model, k)
 
 
-def test_read_ahead_reports_a_corrupt_block_only_when_it_reaches_it(tmp_path):
+@pytest.mark.parametrize("damage,verify", [("checksum", True), ("stream", True),
+                                           ("stream", False)])
+def test_read_ahead_reports_a_corrupt_block_only_when_it_reaches_it(tmp_path, damage, verify):
+    # The batch read (_ti_read_batch, without the GIL) stops before a bad
+    # block; the iterator reports it, as a plain one does, when it gets there.
     model = series(8, 300)
     path = tmp_path / "t.sst"
     write_table(path, model, block_size=512)
     meta = TableReader(str(path), 1, None).block_meta()
-    off = meta[5][0]
+    off, size = meta[5][:2]
     data = bytearray(path.read_bytes())
-    data[off + 1] ^= 0xFF                             # block 5 fails its checksum
+    if damage == "checksum":
+        data[off + 1] ^= 0xFF                         # block 5 fails its checksum
+    else:
+        assert data[off + size] == 1                  # stored compressed
+        _claim_one_byte_more(data, off)               # and does not decompress
+        _restamp(data, off, size)
     path.write_bytes(data)
 
     def entries_before_error(it):
@@ -1178,9 +1197,51 @@ def test_read_ahead_reports_a_corrupt_block_only_when_it_reaches_it(tmp_path):
             while it.valid:
                 got.append(it.key())
                 it.next()
-        return got, e.value.offset
+        return got, e.value.offset, str(e.value)
 
     r = TableReader(str(path), 1, None)
-    plain = entries_before_error(r.new_iterator(fill_cache=False))
+    plain = entries_before_error(r.new_iterator(fill_cache=False, verify_checksums=verify))
     assert plain[1] == off and len(plain[0]) > 0
-    assert entries_before_error(_read_ahead_iterator(r)) == plain
+    it = r.new_iterator(fill_cache=False, verify_checksums=verify)
+    it.read_ahead = True
+    assert entries_before_error(it) == plain
+    assert it.gil_loads == 1                          # the bad block, read again to report it
+
+
+def test_read_ahead_mixes_stored_and_compressed_blocks_and_bounds_what_it_holds(tmp_path):
+    # Random values do not compress (blocks stored raw), repeated ones do;
+    # a batch holds at most _READAHEAD_BYTES (256 KiB) beyond its first block.
+    rng = random.Random(7)
+    model = sorted((put(b"k%05d" % i, 0, i + 1,
+                        rng.randbytes(3000) if i // 40 % 2 else b"abc" * 1000)
+                    for i in range(800)), key=lambda kv: order(kv[0]))
+    path = tmp_path / "t.sst"
+    write_table(path, model, block_size=32 * 1024)
+    r = TableReader(str(path), 1, None)
+    kinds = set()
+    for off, size, *_ in r.block_meta():
+        with open(path, "rb") as f:
+            f.seek(off + size)
+            kinds.add(f.read(1)[0])
+    assert kinds == {0, 1}
+    it = _read_ahead_iterator(r)
+    it.seek_to_first()
+    got, held = [], []
+    while it.valid:
+        got.append((it.key(), it.value()))
+        held.append(it.blocks_held)
+        it.next()
+    assert got == model
+    assert 1 < max(held) <= 256 // 32 + 1
+    assert r.blocks_read == r.blocks_loaded == r.num_data_blocks
+
+
+def test_read_ahead_on_a_closed_table_raises_like_a_plain_iterator(tmp_path):
+    path = tmp_path / "t.sst"
+    write_table(path, series(4, 200), block_size=512)
+    r = TableReader(str(path), 1, None)
+    its = [r.new_iterator(fill_cache=False), _read_ahead_iterator(r)]
+    r.close()
+    for it in its:
+        with pytest.raises(OSError, match="closed"):
+            it.seek_to_first()
