@@ -133,10 +133,8 @@ class IngestTwoWriters(_IngestBase):
         self._write()
 
 
-class Flush(_IngestBase):
-    """flush() of one memtable holding SMALL readings (no background
-    thread): the table build alone, which the ingest benchmarks time
-    together with the writes."""
+class _OneMemtable(_IngestBase):
+    """SMALL readings in the memtable, no background thread."""
 
     records = SMALL
     config = {"auto_background": False}
@@ -146,6 +144,11 @@ class Flush(_IngestBase):
         for batch in self.parts[0]:
             self.engine.write_batch(batch)
         assert not self.engine._view.frozen, "the memtable filled before the timed flush"
+
+
+class Flush(_OneMemtable):
+    """flush() of one memtable: the table build alone, which the ingest
+    benchmarks time together with the writes."""
 
     def time_flush_memtable(self):
         self.engine.flush()
@@ -172,7 +175,7 @@ class _BusyThread:
         super().teardown()
 
 
-class FlushBesideBusyThread(_BusyThread, Flush):
+class FlushBesideBusyThread(_BusyThread, _OneMemtable):
     """Flush's memtable flushed while another thread spins in Python: the
     table build runs without the GIL, taking it once per MiB written
     (docs/PERFORMANCE.md, "Checksums in C": 0.82 s before, 0.38 s after,
