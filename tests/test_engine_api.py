@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 import tracemalloc
@@ -487,19 +488,29 @@ def test_same_key_same_ts_different_keys_are_distinct(engine):
 
 
 def test_small_batches_keep_the_gil_and_big_ones_give_it_away(engine_factory):
-    """A thread busy in Python runs during a write only when the writer gives
-    the GIL away.  A small batch must not: winning the GIL back would cost
-    the writer the busy thread's switch interval (5 ms) for microseconds of
-    work (flowdb._fileio.AppendWriter).  A big one must, so that writers
-    insert in parallel.  Counts switches, not time.  Whether the spinner
-    runs while the GIL is free also needs a free core, which a loaded host
-    may not give it: the big batches get three tries."""
-    e = engine_factory(wal_sync_mode=SyncMode.interval_ms(60_000), auto_background=False)
+    """Another thread runs during a write only when the writer gives the GIL
+    away.  A small batch must not: winning the GIL back from a thread busy
+    in Python would cost the writer a switch interval (5 ms) for
+    microseconds of work (flowdb._fileio.AppendWriter).  A big one must, so
+    that writers insert in parallel.  Counts switches, not time.
+
+    The spinner takes the GIL whenever it is free and gives it back at once
+    (sleep(0)); with a 1 s switch interval it never forces a switch, so it
+    runs during a write only if the writer gave the GIL away (a build that
+    holds it: 0-0.1 of the big batches).  Mostly asleep, it is a thread the
+    OS wakes at once, even on a loaded host; still a host may lend it no
+    core for a while, so the big batches get up to 10 rounds.  A slow small
+    write makes the WAL give the GIL away on purpose for a while: the small
+    batches are tried again after one."""
+    e = engine_factory(wal_sync_mode=SyncMode.interval_ms(60_000), auto_background=False,
+                       memtable_size_mb=64)
+    wal_writer = e._wal._writer
     ticks, stop = [0], threading.Event()
 
     def spin():
         while not stop.is_set():
             ticks[0] += 1
+            time.sleep(0)
 
     def share_of_writes_during_which_spin_ran(batches):
         ran = 0
@@ -509,18 +520,40 @@ def test_small_batches_keep_the_gil_and_big_ones_give_it_away(engine_factory):
             ran += ticks[0] != before
         return ran / len(batches)
 
-    small = [[R(b"s%d" % i, n, b"v" * 20) for i in range(8)] for n in range(300)]
-    big = [[R(b"b%04d" % i, n, b"v" * 100) for i in range(1000)] for n in range(20)]
+    def small_batches(n):
+        return [[R(b"s%d" % i, n * 1000 + k, b"v" * 20) for i in range(8)] for k in range(300)]
+
+    def big_batches(n):
+        return [[R(b"b%04d" % i, n * 1000 + k, b"v" * 100) for i in range(4000)] for k in range(10)]
+
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    deadline = time.monotonic() + 60
+    small_rounds = big_rounds = 0
     try:
-        assert share_of_writes_during_which_spin_ran(small) < 0.1   # 0.23-0.25 before
-        assert max(share_of_writes_during_which_spin_ran(big) for _ in range(3)) > 0.5
+        while True:
+            slow_before, held_before = wal_writer.slow, wal_writer.held
+            backing_off = wal_writer._backoff
+            small_rounds += 1
+            share = share_of_writes_during_which_spin_ran(small_batches(small_rounds))
+            if not backing_off and wal_writer.slow == slow_before or time.monotonic() > deadline:
+                break
+        assert not backing_off and wal_writer.slow == slow_before, "every round had a slow write"
+        assert wal_writer.held - held_before == 300
+        assert share < 0.05   # 0.09-0.13 when small writes give the GIL away
+        shares = []
+        while not shares or (shares[-1] <= 0.5 and len(shares) < 10 and time.monotonic() < deadline):
+            big_rounds += 1
+            shares.append(share_of_writes_during_which_spin_ran(big_batches(big_rounds)))
+        assert max(shares) > 0.5, shares
     finally:
+        sys.setswitchinterval(switch_interval)
         stop.set()
         spinner.join()
-    assert len(e.query_by_prefix(b"s")) == 8 * 300
-    assert len(e.query_by_prefix(b"b")) == 1000 * 20
+    assert len(e.query_by_prefix(b"s")) == 8 * 300 * small_rounds
+    assert len(e.query_by_prefix(b"b")) == 4000 * 10 * big_rounds
 
 # ------------------------------------------------------------ TTL
 
