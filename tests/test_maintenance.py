@@ -306,6 +306,54 @@ def test_prepopulate_block_cache_serves_the_first_reads_of_a_flush(engine_factor
     assert e._view.tables[0].blocks_read > 0
 
 
+def _warmed(e):
+    (line,) = [l for l in e.metrics_text().splitlines()
+               if l.startswith("flowdb_compaction_blocks_warmed_total ")]
+    return float(line.split()[1])
+
+
+def test_compaction_warms_the_output_where_readers_were(engine_factory):
+    e = engine_factory(block_size=512)
+    model = {}
+    for run in range(3):                       # three runs, each a slice of every series
+        batch = {(b"s%02d" % k, run * 100 + ts): b"v%d-%d" % (k, ts) * 8
+                 for k in range(20) for ts in range(30)}
+        e.write_batch([Record(k, ts, v) for (k, ts), v in batch.items()])
+        e.flush()
+        model.update(batch)
+    hot = [kt for kt in model if kt[0] in (b"s03", b"s11")]        # readers used two series
+    assert all(e.get(*kt).value == model[kt] for kt in hot)
+    while e.trigger_compaction():
+        pass
+    (tables,) = e._view.runs
+
+    def blocks_read():
+        return sum(t.blocks_read for t in tables)
+    live = {t.file_number for t in tables}
+    cached = sum(f in live for f, _ in e._cache.keys())
+    total = sum(t.num_data_blocks for t in tables)
+    assert _warmed(e) >= cached > 0 and blocks_read() == 0
+    assert cached < total / 4                                      # only where readers were
+    assert all(e.get(*kt).value == model[kt] for kt in hot)
+    assert blocks_read() == 0                                      # served warm
+    assert all(e.get(*kt).value == v for kt, v in model.items())   # and the rest cold
+    assert blocks_read() == total - cached
+    e.shutdown()
+    e = engine_factory(block_size=512)
+    assert all(e.get(*kt).value == v for kt, v in model.items())
+
+
+def test_compaction_warms_nothing_when_nothing_was_read(engine_factory):
+    e = engine_factory(block_size=512)
+    for run in range(3):
+        e.write_batch([Record(b"s%02d" % k, run * 100 + ts, b"v" * 50)
+                       for k in range(10) for ts in range(30)])
+        e.flush()
+    while e.trigger_compaction():
+        pass
+    assert len(e._view.runs) == 1 and _warmed(e) == 0 and e._cache.usage == 0
+
+
 def test_metrics_text_parses_with_prometheus_client(engine_factory):
     parser = pytest.importorskip("prometheus_client.parser")
     e = engine_factory()

@@ -74,6 +74,9 @@ cdef class BlockCache:
     # exceeds it.  0, or -1 if out of memory (nothing changed; no exception set).
     cdef int insert(self, uint64_t file, uint64_t offset, bytes data,
                     const BlockMeta *meta) noexcept
+    # Whether (file, offset) is cached, without marking it used or counting
+    # a hit or a miss: for warming, which must not look like reads.
+    cdef bint contains(self, uint64_t file, uint64_t offset) noexcept
 
     # Internals (block_cache.pyx).
     cdef void _drop_all(self) noexcept

@@ -40,6 +40,17 @@ from cpython.number cimport PyNumber_Index
 cdef enum:
     _MIN_SLOTS = 16
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int fdb_release_free_memory(void) { return malloc_trim(0); }
+    #else
+    static int fdb_release_free_memory(void) { return 0; }
+    #endif
+    """
+    int fdb_release_free_memory() nogil
+
 
 cdef inline uint64_t _hash(uint64_t file, uint64_t offset) noexcept nogil:
     """A well mixed 64-bit hash of the key (splitmix64's finaliser)."""
@@ -259,6 +270,12 @@ cdef class BlockCache:
         meta[0] = self.entries[e].meta
         return <bytes>self.entries[e].data
 
+    cdef bint contains(self, uint64_t file, uint64_t offset) noexcept:
+        cdef size_t slot
+        if self.nentries == 0:
+            return False
+        return self._find(file, offset, _hash(file, offset), &slot) >= 0
+
     cdef int insert(self, uint64_t file, uint64_t offset, bytes data,
                     const BlockMeta *meta) noexcept:
         cdef size_t size, slot
@@ -320,6 +337,12 @@ cdef class BlockCache:
         _key(key, &file, &offset)
         return self.lookup(file, offset, &meta)
 
+    def __contains__(self, key):
+        """Whether key is cached; unlike get, neither a use nor a hit."""
+        cdef uint64_t file, offset
+        _key(key, &file, &offset)
+        return self.contains(file, offset)
+
     def put(self, key, value):
         """Caches value (bytes) under key, evicting least recently used entries.
         A value put here is not trusted: iterators check it on every use."""
@@ -345,6 +368,18 @@ cdef class BlockCache:
                 self._remove(e, slot)
                 n += 1
         return n
+
+    def release_free_memory(self):
+        """Hands the pages of freed blocks back to the OS (glibc's
+        malloc_trim; elsewhere nothing).  glibc gives each thread its own
+        malloc arena and reuses a freed block only in the arena it came
+        from: after erase_file dropped blocks that readers had allocated,
+        blocks a maintenance thread allocates (TableReader.warm) would sit
+        beside them, and the process hold both.  True if any was returned."""
+        cdef int released
+        with nogil:
+            released = fdb_release_free_memory()
+        return released != 0
 
     def clear(self):
         """Drops every entry (and frees the cache's arrays)."""

@@ -33,7 +33,7 @@ from flowdb._core.checksum import crc32c
 
 from cpython.object cimport PyTypeObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close
 from libc.errno cimport errno, EAGAIN
@@ -111,6 +111,10 @@ cdef enum:
     # and decompressed), without the GIL.
     _READAHEAD_BLOCKS = 32
     _READAHEAD_BYTES = 256 * 1024
+    # Not format: TableReader.warm reads up to this many blocks, or this
+    # many stored bytes of them, per release of the GIL.
+    _WARM_BLOCKS = 2048
+    _WARM_BYTES = 4 * 1024 * 1024
 
 #: The fixed part of an index entry's value (i64le min_ts, max_ts, min/max expire_at).
 INDEX_BOUNDS_SIZE = _INDEX_BOUNDS
@@ -842,6 +846,165 @@ cdef class _Index:
         return 0
 
 
+# -- the blocks readers were using, for warming after a compaction --------------
+
+cdef struct _KeyRange:
+    # [lo, hi] in internal-key order; lo NULL: from the first key on.
+    const uint8_t *lo
+    size_t lo_len
+    const uint8_t *hi
+    size_t hi_len
+
+
+cdef int _cmp_lo(const void *a, const void *b) noexcept nogil:
+    cdef const _KeyRange *x = <const _KeyRange *>a
+    cdef const _KeyRange *y = <const _KeyRange *>b
+    if x.lo == NULL or y.lo == NULL:
+        return (y.lo == NULL) - (x.lo == NULL)
+    return fdb_ikey_cmp(x.lo, x.lo_len, y.lo, y.lo_len)
+
+
+cdef class HotRanges:
+    """HotRanges(tables, cache): the key ranges of the data blocks of
+    `tables` that `cache` holds now, as sorted, disjoint intervals.
+
+    Taken just before a compaction's inputs leave the cache, it tells
+    TableReader.warm which blocks of the outputs readers were using (a
+    block of table t covers (last key of the block before, its last key]).
+    Tables whose index is released (release_meta) count as cold."""
+    cdef bytes keys           # the ranges' bounds point into these bytes
+    cdef _KeyRange *r
+    cdef Py_ssize_t n
+
+    def __cinit__(self):
+        self.r = NULL
+        self.n = 0
+
+    def __dealloc__(self):
+        free(self.r)
+
+    def __init__(self, tables, BlockCache cache not None):
+        cdef TableReader t
+        cdef _Index h
+        cdef size_t i, m, key_bytes = 0, pos = 0
+        cdef const IndexEntry *e
+        cdef uint8_t *buf
+        hot = []                             # (_Index, file, block) of each cached block
+        for t in tables:
+            if t.index_holder is None:
+                continue
+            h = <_Index>t.index_holder
+            for i in range(h.n):
+                if cache.contains(t.cache_file, h.index[i].offset):
+                    hot.append((h, i))
+                    key_bytes += h.index[i].key_len + (h.index[i - 1].key_len if i else 0)
+        if not hot:
+            return
+        self.keys = PyBytes_FromStringAndSize(NULL, key_bytes)
+        buf = <uint8_t *>PyBytes_AS_STRING(self.keys)
+        self.r = <_KeyRange *>malloc(len(hot) * sizeof(_KeyRange))
+        if self.r == NULL:
+            raise MemoryError()
+        for h, i in hot:
+            e = &h.index[i]
+            if i == 0:
+                self.r[self.n].lo = NULL
+                self.r[self.n].lo_len = 0
+            else:
+                memcpy(buf + pos, h.keys + e[-1].key_off, e[-1].key_len)
+                self.r[self.n].lo = buf + pos
+                self.r[self.n].lo_len = e[-1].key_len
+                pos += e[-1].key_len
+            memcpy(buf + pos, h.keys + e.key_off, e.key_len)
+            self.r[self.n].hi = buf + pos
+            self.r[self.n].hi_len = e.key_len
+            pos += e.key_len
+            self.n += 1
+        qsort(self.r, self.n, sizeof(_KeyRange), _cmp_lo)
+        m = 0                                # merge the overlapping ones
+        for i in range(<size_t>self.n):
+            if m and (self.r[i].lo == NULL or fdb_ikey_cmp(self.r[i].lo, self.r[i].lo_len,
+                                                           self.r[m - 1].hi, self.r[m - 1].hi_len) <= 0):
+                if fdb_ikey_cmp(self.r[i].hi, self.r[i].hi_len,
+                                self.r[m - 1].hi, self.r[m - 1].hi_len) > 0:
+                    self.r[m - 1].hi = self.r[i].hi
+                    self.r[m - 1].hi_len = self.r[i].hi_len
+            else:
+                self.r[m] = self.r[i]
+                m += 1
+        self.n = m
+
+    def __len__(self):
+        return self.n
+
+    def ranges(self):
+        """[(lo or None, hi)] as internal keys (tests)."""
+        return [(None if self.r[i].lo == NULL else (<const char *>self.r[i].lo)[:self.r[i].lo_len],
+                 (<const char *>self.r[i].hi)[:self.r[i].hi_len]) for i in range(self.n)]
+
+    cdef bint overlaps(self, const uint8_t *lo, size_t lo_len, const uint8_t *hi, size_t hi_len,
+                       Py_ssize_t *cursor) noexcept nogil:
+        """Whether [lo, hi] (lo NULL: from the start) meets a range.  Ask in
+        increasing key order: *cursor (start at 0) skips the ranges passed."""
+        cdef Py_ssize_t j = cursor[0]
+        while j < self.n and lo != NULL and fdb_ikey_cmp(self.r[j].hi, self.r[j].hi_len,
+                                                         lo, lo_len) < 0:
+            j += 1
+        cursor[0] = j
+        return j < self.n and (self.r[j].lo == NULL or
+                               fdb_ikey_cmp(self.r[j].lo, self.r[j].lo_len, hi, hi_len) <= 0)
+
+
+# One block TableReader.warm reads.
+cdef struct _WarmBlock:
+    Py_ssize_t i              # its index entry
+    size_t at                 # where its stored bytes are in the batch buffer
+    uint8_t typ
+    uint64_t ulen             # its size decompressed
+    uint8_t *dst              # the bytes object it decompresses into
+    BlockMeta meta
+
+
+cdef Py_ssize_t _warm_read(int fd, const IndexEntry *index, _WarmBlock *wb, Py_ssize_t nb,
+                           uint8_t *buf) noexcept nogil:
+    """Reads blocks wb[0:nb] into buf and checks their checksums and
+    lengths; returns how many passed before the first that did not."""
+    cdef Py_ssize_t k
+    cdef size_t stored, header
+    cdef const uint8_t *b
+    for k in range(nb):
+        stored = index[wb[k].i].size
+        b = buf + wb[k].at
+        if (fdb_pread_full(fd, buf + wb[k].at, stored + _BLOCK_TRAILER_SIZE,
+                           index[wb[k].i].offset) != <ssize_t>(stored + _BLOCK_TRAILER_SIZE)
+                or crc32c_extend(0, b, stored + 1) != fdb_get_u32le(b + stored + 1)):
+            return k
+        wb[k].typ = b[stored]
+        if wb[k].typ == _COMPRESSION_NONE:
+            wb[k].ulen = stored
+        elif (wb[k].typ != _COMPRESSION_SNAPPY
+              or fdb_snappy_ulen(b, stored, &wb[k].ulen, &header) != 0
+              or wb[k].ulen > _SNAPPY_MAX_RATIO * stored + 64):
+            return k
+    return nb
+
+
+cdef Py_ssize_t _warm_decode(const IndexEntry *index, _WarmBlock *wb, Py_ssize_t nb,
+                             const uint8_t *buf, CBlockIter *blk) noexcept nogil:
+    """Decompresses blocks wb[0:nb] into their dst and checks their restart
+    arrays as a reader would; returns how many passed before the first that
+    did not."""
+    cdef Py_ssize_t k
+    for k in range(nb):
+        if wb[k].typ == _COMPRESSION_SNAPPY and fdb_snappy_decompress(
+                buf + wb[k].at, index[wb[k].i].size, wb[k].dst, wb[k].ulen) != 0:
+            return k
+        if block_iter_reset(blk, wb[k].dst, wb[k].ulen) != FDB_OK:
+            return k
+        _trusted_meta(blk, &wb[k].meta)
+    return nb
+
+
 cdef class TableReader(Source):
     """An open SSTable: TableReader(path, file_number, block_cache=None).
 
@@ -1335,6 +1498,94 @@ cdef class TableReader(Source):
     @property
     def num_data_blocks(self):
         return self.num_blocks
+
+    def warm(self, HotRanges hot not None):
+        """Reads into the block cache the data blocks whose key range meets
+        `hot`, while it has free room (warming never evicts); returns how
+        many it put.
+
+        After a compaction the readers' blocks are those of the output, and
+        a cold read costs a get about 10 us (pread, checksum, decompression,
+        fresh memory): the compaction thread pays that instead, for the
+        blocks readers were using, a batch at a time without the GIL.  A
+        hint only: it stops quietly at a block it cannot read or check,
+        which a reader of that block then reports."""
+        cdef BlockCache cache = self.block_cache
+        cdef _Index h
+        cdef Py_ssize_t i = 0, cursor = 0, nb, ok, k
+        cdef size_t need, room
+        cdef const IndexEntry *e
+        cdef _WarmBlock *wb = NULL
+        cdef uint8_t *buf = NULL
+        cdef size_t buf_cap = 0
+        cdef CBlockIter blk
+        cdef int fd = self.fd
+        cdef bint go_on = True
+        if cache is None or hot.n == 0 or fd < 0:
+            return 0
+        while self.index_holder is None:
+            self.ensure_meta()
+        h = <_Index>self.index_holder        # ours, whatever release_meta does meanwhile
+        put = 0
+        outs = [None] * _WARM_BLOCKS
+        wb = <_WarmBlock *>malloc(_WARM_BLOCKS * sizeof(_WarmBlock))
+        if wb == NULL:
+            raise MemoryError()
+        block_iter_init(&blk)
+        try:
+            while i < <Py_ssize_t>h.n and go_on:
+                nb = 0
+                need = 0
+                while i < <Py_ssize_t>h.n and nb < _WARM_BLOCKS and need < _WARM_BYTES:
+                    e = &h.index[i]
+                    if (hot.overlaps(NULL if i == 0 else h.keys + e[-1].key_off,
+                                     0 if i == 0 else e[-1].key_len,
+                                     h.keys + e.key_off, e.key_len, &cursor)
+                            and not cache.contains(self.cache_file, e.offset)):
+                        wb[nb].i = i
+                        wb[nb].at = need
+                        need += e.size + _BLOCK_TRAILER_SIZE
+                        nb += 1
+                    i += 1
+                if nb == 0:
+                    continue
+                if reserve_bytes(&buf, &buf_cap, need) != FDB_OK:
+                    raise MemoryError()
+                fd = self.fd
+                if fd < 0:
+                    break                        # closed meanwhile
+                with nogil:
+                    ok = _warm_read(fd, h.index, wb, nb, buf)
+                go_on = ok == nb                 # else a block failed its checks
+                room = cache.capacity - cache.usage if cache.capacity > cache.usage else 0
+                for k in range(ok):
+                    if wb[k].ulen > room:
+                        ok = k
+                        go_on = False
+                        break
+                    room -= wb[k].ulen
+                    outs[k] = out = PyBytes_FromStringAndSize(NULL, wb[k].ulen)
+                    wb[k].dst = <uint8_t *>PyBytes_AS_STRING(out)
+                    if wb[k].typ == _COMPRESSION_NONE:
+                        memcpy(wb[k].dst, buf + wb[k].at, wb[k].ulen)
+                with nogil:
+                    nb, ok = ok, _warm_decode(h.index, wb, ok, buf, &blk)
+                for k in range(ok):
+                    e = &h.index[wb[k].i]
+                    if cache.usage + wb[k].ulen > cache.capacity:
+                        go_on = False            # readers took the room meanwhile
+                        break
+                    if not cache.contains(self.cache_file, e.offset):
+                        cache.insert(self.cache_file, e.offset, <bytes>outs[k], &wb[k].meta)
+                        put += 1
+                for k in range(nb):
+                    outs[k] = None
+                go_on = go_on and ok == nb
+        finally:
+            block_iter_free(&blk)
+            free(buf)
+            free(wb)
+        return put
 
     cpdef Iterator new_iterator(self, bint fill_cache=True, bint verify_checksums=True,
                                 long long ts_lo=INT64_MIN, long long ts_hi=INT64_MAX):

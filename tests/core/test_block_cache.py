@@ -1,6 +1,8 @@
 """BlockCache (flowdb/_core/block_cache.pyx): LRU order, byte accounting,
 counters, capacity 0, the hash table under churn (against a model), and
 consistency under concurrent use."""
+import os
+import platform
 import random
 import threading
 from collections import OrderedDict
@@ -128,6 +130,47 @@ def test_erase_file():
     assert c.get((1, 0)) is None and c.get((2, 0)) is not None
     assert c.erase_file(1) == 0
     assert c._check()
+
+
+def test_contains_is_neither_a_use_nor_a_hit():
+    c = BlockCache(30)
+    c.put(A, b"x" * 10)
+    c.put(B, b"y" * 10)
+    assert A in c and C not in c and (A in c, B in c) == (True, True)
+    assert (c.hits, c.misses) == (0, 0)
+    c.put(C, b"z" * 20)                 # A is still the least recently used: it goes
+    assert A not in c and B in c and C in c
+    with pytest.raises(TypeError):
+        (1, 2, 3) in c
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim and /proc: glibc on Linux")
+def test_release_free_memory_returns_erased_blocks_of_another_thread():
+    # Blocks allocated by one thread, erased: glibc keeps their pages in
+    # that thread's arena until release_free_memory hands them back.
+    # One block in four stays, so the freed ones lie between live ones (no
+    # heap top to shrink), as a compaction's inputs lie among other tables'.
+    c = BlockCache(256 << 20)
+
+    def fill():
+        for i in range(8192):
+            c.put((1 + (i % 4 == 0), i), bytes(8192) + b"%d" % i)
+    t = threading.Thread(target=fill)
+    t.start()
+    t.join()
+    full = _rss_bytes()
+    c.erase_file(1)                     # 6144 blocks, 48 MiB
+    erased = _rss_bytes()
+    assert erased > full - (8 << 20)    # freed, but still the process's
+    assert c.release_free_memory() is True
+    assert _rss_bytes() < erased - (24 << 20)
+    assert len(c) == 2048 and c.get((2, 0)) == bytes(8192) + b"0" and c._check()
 
 
 def test_clear():

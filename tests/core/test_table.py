@@ -18,7 +18,7 @@ from flowdb._core.block_cache import BlockCache
 from flowdb._core.record import Record
 from flowdb._core.iterator import VectorIterator
 from flowdb._core.table import (BLOCK_TRAILER_SIZE, FOOTER_SIZE, FORMAT_VERSION,
-                                TABLE_MAGIC, TableBuilder, TableReader, build_table)
+                                TABLE_MAGIC, HotRanges, TableBuilder, TableReader, build_table)
 from flowdb._errors import CorruptionError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -632,6 +632,136 @@ def test_abandon_takes_warmed_blocks_back(tmp_path):
     assert any(f == 4 for f, _ in cache.keys())
     b.abandon()
     assert cache.keys() == [(1, 0)] and not (tmp_path / "t.sst").exists()
+
+
+# -- warming after a compaction: HotRanges and TableReader.warm -------------------
+
+def blocks_of(path, model):
+    """{block offset: [its keys]} of the table at path, found by reading
+    each key alone through a cache of its own."""
+    out = {}
+    for k, _ in model:
+        cache = BlockCache(1 << 20)
+        it = TableReader(str(path), 1, cache).new_iterator()
+        it.seek(k)
+        ((_, offset),) = cache.keys()
+        out.setdefault(offset, []).append(k)
+    return out
+
+
+def key_ranges(blocks):
+    """{offset: (lo, hi)}: a block covers [last key of the block before
+    (None for the first), its own last key], as HotRanges reckons."""
+    out, lo = {}, None
+    for offset in sorted(blocks):
+        out[offset] = (lo, blocks[offset][-1])
+        lo = blocks[offset][-1]
+    return out
+
+
+def meets(a, b):
+    (alo, ahi), (blo, bhi) = a, b
+    return (alo is None or order(alo) <= order(bhi)) and (blo is None or order(blo) <= order(ahi))
+
+
+def test_hot_ranges_are_the_cached_blocks_ranges_merged(tmp_path):
+    model = series(6, 60)
+    write_table(tmp_path / "a.sst", model, block_size=400)
+    ranges = key_ranges(blocks_of(tmp_path / "a.sst", model))
+    cache = BlockCache(1 << 20)
+    a = TableReader(str(tmp_path / "a.sst"), 1, cache)
+    rng = random.Random(3)
+    for k, v in rng.sample(model, 12):
+        assert read.get([a], None, 2**62, 0, parse(k)[0], parse(k)[1]).value == v[8:]
+    cached = sorted(o for _, o in cache.keys())
+    got = HotRanges([a], cache).ranges()
+    # Expected: the cached blocks' ranges, adjacent ones merged.
+    want = []
+    for o in cached:
+        lo, hi = ranges[o]
+        if want and lo is not None and order(lo) <= order(want[-1][1]):
+            want[-1] = (want[-1][0], hi)
+        else:
+            want.append((lo, hi))
+    assert got == want and 0 < len(got) <= len(cached)
+    assert len(HotRanges([a], BlockCache(1 << 20))) == 0          # nothing cached, nothing hot
+    a.release_meta()
+    assert len(HotRanges([a], cache)) == 0                         # no index: counted cold
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_warm_reads_the_blocks_that_meet_the_hot_ranges(tmp_path, seed):
+    # Table a (the compaction's input) and table b (its output) hold the
+    # same entries in differently cut blocks; readers used some of a's.
+    rng = random.Random(seed)
+    model = series(5, 80, value_size=rng.choice([10, 40]))
+    write_table(tmp_path / "a.sst", model, block_size=rng.choice([300, 700]))
+    props = write_table(tmp_path / "b.sst", model, block_size=rng.choice([256, 500, 1000]))
+    a_ranges = key_ranges(blocks_of(tmp_path / "a.sst", model))
+    b_ranges = key_ranges(blocks_of(tmp_path / "b.sst", model))
+    cache = BlockCache(1 << 22)
+    a = TableReader(str(tmp_path / "a.sst"), 1, cache)
+    for k, _ in rng.sample(model, rng.choice([1, 5, 30])):
+        read.get([a], None, 2**62, 0, parse(k)[0], parse(k)[1])
+    hot = HotRanges([a], cache)
+    hot_a = [a_ranges[o] for _, o in cache.keys()]
+    cache.erase_file(1)
+    b = TableReader(str(tmp_path / "b.sst"), 2, cache)
+    want = sorted(o for o, r in b_ranges.items() if any(meets(r, h) for h in hot_a))
+    counts = cache.hits, cache.misses
+    assert b.warm(hot) == len(want) > 0
+    assert sorted(o for _, o in cache.keys()) == want and b.blocks_read == 0
+    assert (cache.hits, cache.misses) == counts and cache._check()     # warming is not a read
+    assert b.warm(hot) == 0                            # cached already
+    # The warmed blocks are byte for byte what a reader reads, and serve reads.
+    cold = BlockCache(1 << 22)
+    scan(TableReader(str(tmp_path / "b.sst"), 2, cold).new_iterator())
+    assert all(cache.get(key) == cold.get(key) for key in cache.keys())
+    blocks = blocks_of(tmp_path / "b.sst", model)
+    for o in want:
+        for k in blocks[o]:
+            assert read.get([b], None, 2**62, 0, parse(k)[0], parse(k)[1]).value == dict(model)[k][8:]
+    assert b.blocks_read == 0
+    assert scan(b.new_iterator()) == model and b.blocks_read == props["num_data_blocks"] - len(want)
+
+
+def _all_hot(path, model):
+    """Writes model to a table at path and reads it all: (HotRanges of
+    every block, the number of blocks)."""
+    write_table(path, model, block_size=512)
+    everything = BlockCache(1 << 20)
+    t = TableReader(str(path), 7, everything)
+    scan(t.new_iterator())
+    return HotRanges([t], everything), len(everything)
+
+
+def test_warm_only_fills_free_room(tmp_path):
+    model = series(4, 100)
+    hot, blocks = _all_hot(tmp_path / "t.sst", model)
+    cache = BlockCache(6000)
+    cache.put((1, 0), b"x" * 1000)                     # in use: warming must not push it out
+    r = TableReader(str(tmp_path / "t.sst"), 7, cache)
+    n = r.warm(hot)
+    assert 0 < n < blocks and cache.get((1, 0)) == b"x" * 1000
+    assert len(cache) == n + 1 and cache.usage <= 6000 and cache._check()
+    assert scan(r.new_iterator()) == model
+    assert TableReader(str(tmp_path / "t.sst"), 7, BlockCache(0)).warm(hot) == 0
+    assert TableReader(str(tmp_path / "t.sst"), 7).warm(hot) == 0          # no cache
+
+
+def test_warm_stops_quietly_at_a_damaged_block_and_the_reader_reports_it(tmp_path):
+    path = tmp_path / "t.sst"
+    hot, _ = _all_hot(path, series(4, 100))
+    offsets = sorted(m[0] for m in TableReader(str(path), 7).block_meta())
+    data = bytearray(path.read_bytes())
+    data[offsets[3] + 2] ^= 0x40                       # block 3's stored bytes
+    path.write_bytes(bytes(data))
+    cache = BlockCache(1 << 20)
+    r = TableReader(str(path), 7, cache)
+    assert r.warm(hot) == 3
+    assert sorted(o for _, o in cache.keys()) == offsets[:3]
+    with pytest.raises(CorruptionError, match="checksum"):
+        scan(r.new_iterator())
 
 
 def test_fill_cache_false_does_not_fill(tmp_path):
