@@ -955,6 +955,26 @@ cdef class HotRanges:
                                fdb_ikey_cmp(self.r[j].lo, self.r[j].lo_len, hi, hi_len) <= 0)
 
 
+cdef int _check_stored(const uint8_t *b, size_t stored, bint verify, uint8_t *typ,
+                       uint64_t *ulen) noexcept nogil:
+    """A stored block (its bytes, then the trailer) read without the GIL:
+    FDB_OK with its compression type and decompressed length when its
+    checksum (if verify), type and length header hold, else
+    FDB_ERR_CORRUPTION (the caller reads it again with the GIL, or leaves
+    it to a reader, and _read_block says what is wrong)."""
+    cdef size_t header
+    if verify and crc32c_extend(0, b, stored + 1) != fdb_get_u32le(b + stored + 1):
+        return FDB_ERR_CORRUPTION
+    typ[0] = b[stored]
+    if typ[0] == _COMPRESSION_NONE:
+        ulen[0] = stored
+        return FDB_OK
+    if (typ[0] == _COMPRESSION_SNAPPY and fdb_snappy_ulen(b, stored, ulen, &header) == 0
+            and ulen[0] <= _SNAPPY_MAX_RATIO * stored + 64):
+        return FDB_OK
+    return FDB_ERR_CORRUPTION
+
+
 # One block TableReader.warm reads.
 cdef struct _WarmBlock:
     Py_ssize_t i              # its index entry
@@ -970,21 +990,12 @@ cdef Py_ssize_t _warm_read(int fd, const IndexEntry *index, _WarmBlock *wb, Py_s
     """Reads blocks wb[0:nb] into buf and checks their checksums and
     lengths; returns how many passed before the first that did not."""
     cdef Py_ssize_t k
-    cdef size_t stored, header
-    cdef const uint8_t *b
+    cdef size_t stored
     for k in range(nb):
         stored = index[wb[k].i].size
-        b = buf + wb[k].at
         if (fdb_pread_full(fd, buf + wb[k].at, stored + _BLOCK_TRAILER_SIZE,
                            index[wb[k].i].offset) != <ssize_t>(stored + _BLOCK_TRAILER_SIZE)
-                or crc32c_extend(0, b, stored + 1) != fdb_get_u32le(b + stored + 1)):
-            return k
-        wb[k].typ = b[stored]
-        if wb[k].typ == _COMPRESSION_NONE:
-            wb[k].ulen = stored
-        elif (wb[k].typ != _COMPRESSION_SNAPPY
-              or fdb_snappy_ulen(b, stored, &wb[k].ulen, &header) != 0
-              or wb[k].ulen > _SNAPPY_MAX_RATIO * stored + 64):
+                or _check_stored(buf + wb[k].at, stored, True, &wb[k].typ, &wb[k].ulen) != FDB_OK):
             return k
     return nb
 
@@ -1767,7 +1778,6 @@ cdef Py_ssize_t _ti_read_batch(TIterState *st, Py_ssize_t i) noexcept nogil:
     cdef size_t stored, held = 0, nout = 0
     cdef size_t out_off[_READAHEAD_BLOCKS]
     cdef uint64_t ulen
-    cdef size_t header
     cdef const uint8_t *b
     cdef uint8_t typ
     cdef int fd = st.fd[0]
@@ -1789,18 +1799,15 @@ cdef Py_ssize_t _ti_read_batch(TIterState *st, Py_ssize_t i) noexcept nogil:
     k = i
     while k < j:
         stored = st.index[k].size
-        if st.verify and crc32c_extend(0, b, stored + 1) != fdb_get_u32le(b + stored + 1):
+        if _check_stored(b, stored, st.verify, &typ, &ulen) != FDB_OK:
             break
-        typ = b[stored]
         if typ == _COMPRESSION_NONE:
             st.ra_data[k - i] = b
             st.ra_len[k - i] = stored
             out_off[k - i] = <size_t>-1
             held += stored
-        elif typ == _COMPRESSION_SNAPPY:
-            if (fdb_snappy_ulen(b, stored, &ulen, &header) != 0
-                    or ulen > _SNAPPY_MAX_RATIO * stored + 64
-                    or (k > i and held + ulen > _READAHEAD_BYTES)
+        else:
+            if ((k > i and held + ulen > _READAHEAD_BYTES)
                     or reserve_bytes(&st.ra_out, &st.ra_out_cap, nout + ulen) != FDB_OK
                     or fdb_snappy_decompress(b, stored, st.ra_out + nout, ulen) != 0):
                 break
@@ -1808,8 +1815,6 @@ cdef Py_ssize_t _ti_read_batch(TIterState *st, Py_ssize_t i) noexcept nogil:
             st.ra_len[k - i] = ulen
             nout += ulen
             held += ulen
-        else:
-            break
         b += stored + _BLOCK_TRAILER_SIZE
         k += 1
     for j in range(k - i):                  # ra_out may have moved as it grew
