@@ -77,6 +77,11 @@ Each engine through its ordinary public API, default settings otherwise
   that ingests while it computes is like this: each time a write gives the
   GIL away, winning it back costs the writer up to the busy thread's switch
   interval (5 ms).  Every batch written is read back after timing.
+- flowdb compacts in the background, and a compaction that ends during a
+  read row makes the blocks it rewrote cold again.  The report lists, for
+  each read row and repeat, how many flowdb compactions finished while it
+  ran (stats().total_compaction_runs before and after the row); the peers
+  give no such count.
 - Peak RSS is ru_maxrss of the `main` worker at its end: the engine, the
   workload's generator and whatever answers are held at once (gets are timed
   in chunks of 10,000 so no engine holds 100,000 answers).  LMDB's includes
@@ -166,6 +171,10 @@ class Flowdb:
 
     def compact(self):
         compact(self.engine)
+
+    def compactions(self):
+        """Compactions finished so far (a background one may end during a read row)."""
+        return self.engine.stats().total_compaction_runs
 
     def close(self):
         self.engine.shutdown()
@@ -472,6 +481,9 @@ ROWS = [
     Row("peak_rss", "peak RSS", "MB", LOWER, "main", 124.0),
 ]
 PHASES = ("main", "fsync", "threads")
+# The worker's value "compactions during get_hits": flowdb compactions that
+# finished while that row ran (_CompactionWatch); reported, not a row.
+COMPACTIONS_DURING = "compactions during "
 
 
 def read_sizes(records):
@@ -547,19 +559,43 @@ def _timed_get_latest(engine, w, rounds):
     return calls / spent
 
 
+class _CompactionWatch:
+    """How many background compactions finished during each read row, for an
+    engine that counts them (flowdb): a compaction's swap makes the blocks
+    read after it cold again, which explains a row much slower than its
+    neighbours.  Kept in the worker's values as COMPACTIONS_DURING + row id."""
+
+    def __init__(self, engine):
+        self._count = getattr(engine, "compactions", None)
+        self._last = self._count() if self._count else 0
+        self.during = {}
+
+    def row_done(self, row_id):
+        if self._count:
+            now = self._count()
+            self.during[COMPACTIONS_DURING + row_id] = now - self._last
+            self._last = now
+
+
 def run_reads(engine, w, sizes, rng):
-    """Every read row, each answer checked after its timing; returns {row id: value}."""
+    """Every read row, each answer checked after its timing; returns {row id: value}
+    (and, for flowdb, the compactions that finished during each row: _CompactionWatch)."""
     out = {}
     rec = engine.rec
+    watch = _CompactionWatch(engine)
     # The first pass finds cold caches (after the ingest); the second, the same gets, warm ones.
     hits = w.lookups(sizes["gets"], rng, misses=False)
     out["get_hits"] = _timed_gets(engine, w, hits, "point get, hits")
+    watch.row_done("get_hits")
     out["get_hits_warm"] = _timed_gets(engine, w, hits, "point get, hits, warm")
+    watch.row_done("get_hits_warm")
     del hits   # 100,000 lookups held at once would show in every engine's peak RSS
     out["get_misses"] = _timed_gets(engine, w, w.lookups(sizes["gets"], rng),
                                     "point get, 10% misses")
+    watch.row_done("get_misses")
 
     out["get_latest"] = _timed_get_latest(engine, w, sizes["latest_rounds"])
+    watch.row_done("get_latest")
     keys = w.keys
 
     total, spent = 0, 0.0
@@ -571,6 +607,7 @@ def run_reads(engine, w, sizes, rng):
                         "prefix scan", every=13)
         total += len(got)
     out["scan_series"] = total / spent
+    watch.row_done("scan_series")
 
     lo, hi = w.window(0.01)
     t_lo, t_hi = w.ts(lo), w.ts(hi)
@@ -583,6 +620,7 @@ def run_reads(engine, w, sizes, rng):
         w.check_records([rec(g) for g in got], w.count_series(s, lo, hi),
                         "1% window, one series", every=3)
     out["window_one_p50"] = statistics.median(samples) * 1e6
+    watch.row_done("window_one_p50")
 
     samples = []
     for _ in range(sizes["windows_all"]):
@@ -591,6 +629,8 @@ def run_reads(engine, w, sizes, rng):
         samples.append(time.perf_counter() - t0)
         w.check_records([rec(g) for g in got], w.count_all(lo, hi), "1% window, all series")
     out["window_all"] = w.count_all(lo, hi) / statistics.median(samples)
+    watch.row_done("window_all")
+    out.update(watch.during)
     return out
 
 
@@ -903,7 +943,20 @@ def render(result):
         for row in result["rows"]:
             cells = [f"{row['ratios'][p]:.2f}x" if p in row["ratios"] else "" for p in peers]
             out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    return "\n".join(out + _compactions_note(result))
+
+
+def _compactions_note(result):
+    """The report's lines on the read rows during which flowdb compactions
+    finished (_CompactionWatch), or none if no row had one."""
+    during = {r["name"]: result.get("compactions_during", {}).get(r["id"], [])
+              for r in result["rows"]}
+    named = [f"{name}: {', '.join(map(str, counts))}"
+             for name, counts in during.items() if any(counts)]
+    if not named:
+        return []
+    return ["", "flowdb compactions that finished during a read row, per repeat (after one, "
+            "the blocks it rewrote are read cold again):", "; ".join(named) + "."]
 
 
 def round_robin(names, r):
@@ -938,6 +991,9 @@ def run(args, log=sys.stderr):
                     samples.setdefault((name, row_id), []).append(value)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["rows"] = summarise(engines, samples, errors)
+    result["compactions_during"] = {
+        row.id: samples[("flowdb", COMPACTIONS_DURING + row.id)] for row in ROWS
+        if ("flowdb", COMPACTIONS_DURING + row.id) in samples}
     result["failed"] = sorted({name for name, _phase in errors})
     return result
 

@@ -194,3 +194,72 @@ def test_every_get_latest_chunk_is_checked(compare, tmp_path):
         assert late.calls == 25 * w.series
     finally:
         engine.close()
+
+
+
+class _CompactsDuring:
+    """Wraps flowdb's adapter; a real compaction runs inside the first call of
+    `method` once `skip` calls of it have passed (so inside one chosen row)."""
+
+    def __init__(self, inner, method, skip):
+        self._inner, self._method, self._skip = inner, method, skip
+        self.calls, self.compacted = 0, False
+
+    def __getattr__(self, name):
+        real = getattr(self._inner, name)
+        if name != self._method:
+            return real
+
+        def call(*args):
+            self.calls += 1
+            if self.calls > self._skip and not self.compacted:
+                self.compacted = self._inner.engine.trigger_compaction()
+            return real(*args)
+        return call
+
+
+@pytest.mark.parametrize("row", ["get_misses", "scan_series"])
+def test_compactions_during_a_row_are_counted_and_reported(compare, tmp_path, row):
+    from flowdb._demo import SensorWorkload, ingest
+
+    w = SensorWorkload(3000, 100, 100)
+    engine = compare.Flowdb(str(tmp_path / "db"), "interval")
+    sizes = compare.read_sizes(w.records)
+    try:
+        ingest(engine, w, engine.make)
+        # A second table, with the data unchanged: the first reading again.
+        engine.write_batch([engine.make(w.keys[0], w.ts(0), w.value(0, 0))])
+        engine.flush()
+        # get_misses is the third pass of gets; the prefix scan has its own method.
+        method, skip = ("get", 2 * sizes["gets"]) if row == "get_misses" else ("scan_series", 0)
+        wrapped = _CompactsDuring(engine, method, skip)
+        out = compare.run_reads(wrapped, w, sizes, random.Random(1))
+    finally:
+        engine.close()
+    assert wrapped.compacted
+    during = {k[len(compare.COMPACTIONS_DURING):]: v for k, v in out.items()
+              if k.startswith(compare.COMPACTIONS_DURING)}
+    read_rows = [r for r in out if not r.startswith(compare.COMPACTIONS_DURING)]
+    assert sorted(during) == sorted(read_rows)
+    assert {r: n for r, n in during.items() if n} == {row: 1}
+
+    # The report names the row and gives the count of each repeat.
+    result = {"rows": [{"id": r.id, "name": r.name} for r in compare.ROWS],
+              "compactions_during": {r: [0, n] for r, n in during.items()}}
+    name = next(r.name for r in compare.ROWS if r.id == row)
+    assert compare._compactions_note(result)[-1] == f"{name}: 0, 1."
+
+
+def test_peers_report_no_compactions(compare, tmp_path):
+    from flowdb._demo import SensorWorkload, ingest
+
+    w = SensorWorkload(3000, 100, 100)
+    engine = compare.SQLite(str(tmp_path), "interval")
+    try:
+        ingest(engine, w, engine.make)
+        out = compare.run_reads(engine, w, compare.read_sizes(w.records), random.Random(1))
+    finally:
+        engine.close()
+    assert out["scan_series"] > 0
+    assert not [k for k in out if k.startswith(compare.COMPACTIONS_DURING)]
+    assert compare._compactions_note({"rows": [], "compactions_during": {}}) == []
