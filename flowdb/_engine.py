@@ -45,17 +45,16 @@ import time
 import weakref
 
 from flowdb._core.block_cache import BlockCache
-from flowdb._config import Config, ReadOptions, StorageBackendKind
+from flowdb._config import Config, ReadOptions
 from flowdb._core import batch as _batch
 from flowdb._core import read as _read
 from flowdb._core.read import ScanIterator
 from flowdb._core.memtable import ApplyThread, MemTable
 from flowdb._core.record import Record
-from flowdb._core.table import HotRanges, TableBuilder, TableReader, build_table
+from flowdb._core.table import HotRanges, TableBuilder, build_table
 from flowdb._errors import FlowError, InvalidStateError, NotFoundError
-from flowdb._fileio import DirLock, fsync_dir, parse_name, table_name
 from flowdb import _compaction as _policy
-from flowdb._manifest import Manifest
+from flowdb._storage import open_storage
 from flowdb._time_index import TimeIndex
 from flowdb._metrics import render_metrics
 from flowdb._query import ScanRange
@@ -310,9 +309,6 @@ class Engine(_read.EngineReads):
     def __init__(self, config: Config):
         if not isinstance(config, Config):
             raise TypeError("use Engine.open(config) to open an engine")
-        if config.storage_backend is not StorageBackendKind.MULTI_FILE:
-            raise ValueError("Config.storage_backend: only StorageBackendKind.MULTI_FILE "
-                             "is implemented in this version")
         self._config = config
         self._dir = os.path.abspath(os.fsdecode(config.data_dir))
         self._closed = True
@@ -322,12 +318,12 @@ class Engine(_read.EngineReads):
                 raise NotFoundError(f"Config.data_dir {self._dir!r} does not exist "
                                     "and create_if_missing is False")
             os.makedirs(self._dir, exist_ok=True)
-        self._lock = DirLock(self._dir)
+        self._storage = open_storage(config.storage_backend, self._dir)
         try:
             self._init_state()
             self._recover()
         except BaseException:
-            self._lock.release()
+            self._storage.close()
             raise
         self._closed = False
         self._syncer = None
@@ -396,13 +392,13 @@ class Engine(_read.EngineReads):
 
     def _recover(self):
         cfg = self._config
-        exists = os.path.exists(os.path.join(self._dir, "MANIFEST"))
-        self._manifest = Manifest.open(self._dir, create=not exists)
+        self._manifest = self._storage.open_manifest()
         man = self._manifest
-        self._remove_unlisted_files()
+        for path in self._storage.remove_leftovers(set(man.tables)):
+            log.info("removed leftover file %s", path)
         groups = {}
         for number, (run_id, _size) in man.tables.items():
-            reader = self._open_table(os.path.join(self._dir, table_name(number)), number)
+            reader = self._open_table(number)
             # run_id 0 (stores written before runs existed): a run of its own.
             groups.setdefault(run_id or -number, []).append(reader)
         self._view = _View(MemTable(), (), _order_runs(groups.values()))
@@ -445,15 +441,6 @@ class Engine(_read.EngineReads):
         man.log_edit(last_seq=last_seq, flushed_seq=last_seq)
         delete_segments(self._dir, [s for s in segments if s != self._wal.current_number])
 
-    def _remove_unlisted_files(self):
-        live = set(self._manifest.tables)
-        for name in os.listdir(self._dir):
-            kind, number = parse_name(name)
-            path = os.path.join(self._dir, name)
-            if name.endswith(".tmp") or (kind == "sst" and number not in live):
-                log.info("removing leftover file %s", path)
-                os.unlink(path)
-
     def shutdown(self) -> None:
         """Flush, sync, stop background threads, release the lock; then closed."""
         if self._closed:
@@ -469,6 +456,12 @@ class Engine(_read.EngineReads):
                 self._flush_all()
                 self._wal.sync()
             self._delete_dead_wal()
+            if (self._storage.single_file and self._write_error is None
+                    and self._manifest.flushed_seq >= self._next_seq - 1):
+                # Every record is in a table: at rest the store is its one file.
+                self._wal.close()
+                delete_segments(self._dir, [self._wal.current_number])
+                self._storage.vacuum(self._manifest)
         finally:
             self._closed = True
             for applier in self._appliers:
@@ -484,7 +477,7 @@ class Engine(_read.EngineReads):
             # also none that a forgotten iterator or snapshot still holds.
             for table in list(self._readers):
                 table.close()
-            self._lock.release()
+            self._storage.close()
 
     def close(self) -> None:
         """Flush the memtables and sync the WAL; the engine stays usable."""
@@ -504,7 +497,7 @@ class Engine(_read.EngineReads):
         # A forgotten engine still releases its lock; data is safe in the WAL.
         if getattr(self, "_closed", True) is False:
             try:
-                self._lock.release()
+                self._storage.release_lock()
             except Exception:
                 pass
 
@@ -987,19 +980,14 @@ class Engine(_read.EngineReads):
 
     def _discard_table(self, reader):
         """Removes a table built but never offered to the manifest."""
-        reader.close()
-        try:
-            os.remove(reader.path)
-        except OSError:
-            pass                            # an unlisted file: the next open removes it
+        self._storage.discard(reader)
 
     def _write_table(self, fill):
         """Build a table under a temporary name, then make it durable and
         live-ready.  With Config.prepopulate_block_cache its data blocks go
         to the block cache as they are written (TableBuilder.warm)."""
         number = self._manifest.new_file_number()
-        final = os.path.join(self._dir, table_name(number))
-        tmp = final + ".tmp"
+        tmp = self._storage.table_path(number)
         builder = TableBuilder(tmp, self._config.block_size, self._config.bloom_bits_per_key)
         if self._config.prepopulate_block_cache:
             builder.warm(self._cache, number)
@@ -1008,12 +996,11 @@ class Engine(_read.EngineReads):
         except BaseException:
             builder.abandon()
             raise
-        os.rename(tmp, final)
-        fsync_dir(self._dir)
-        return self._open_table(final, number)
+        self._storage.install([(number, tmp)])
+        return self._open_table(number)
 
-    def _open_table(self, path, number):
-        reader = TableReader(path, number, self._cache)
+    def _open_table(self, number):
+        reader = self._storage.open_table(number, self._cache)
         self._readers.add(reader)
         return reader
 
@@ -1114,7 +1101,7 @@ class Engine(_read.EngineReads):
 
         def new_builder():
             number = self._manifest.new_file_number()
-            path = os.path.join(self._dir, table_name(number)) + ".tmp"
+            path = self._storage.table_path(number)
             outputs.append((number, path))
             return TableBuilder(path, cfg.block_size, cfg.bloom_bits_per_key)
 
@@ -1127,14 +1114,9 @@ class Engine(_read.EngineReads):
                 if os.path.exists(path):
                     os.unlink(path)
             raise
-        produced = []
-        for number, path in outputs:
-            if os.path.exists(path):
-                final = path[:-len(".tmp")]
-                os.rename(path, final)
-                produced.append((number, final))
-        fsync_dir(self._dir)
-        readers = tuple(self._open_table(final, number) for number, final in produced)
+        produced = [(number, path) for number, path in outputs if os.path.exists(path)]
+        self._storage.install(produced)
+        readers = tuple(self._open_table(number) for number, _path in produced)
         run_id = readers[0].file_number if readers else 0
         self._manifest.log_edit(add=[(r.file_number, run_id, r.file_size) for r in readers],
                                 delete=[t.file_number for t in tables])
@@ -1216,10 +1198,7 @@ class Engine(_read.EngineReads):
         for t in tables:
             t.detach_cache()
             erased += self._cache.erase_file(t.file_number)
-            try:
-                os.unlink(t.path)
-            except FileNotFoundError:
-                pass
+            self._storage.retire(t)
         if erased:
             self._cache.release_free_memory()
 

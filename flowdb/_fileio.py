@@ -193,8 +193,9 @@ _locked_dirs: dict = {}
 class DirLock:
     """An exclusive lock on a data directory: flock(LOCK_EX | LOCK_NB) on DIR/LOCK.
 
-    DirLock(path) takes the lock or raises LockError at once (it never
-    waits).  The LOCK file is opened without truncation and created only if
+    DirLock(path, name="LOCK") takes the lock or raises LockError at once
+    (it never waits).  A single-file store locks its one file instead of a
+    LOCK beside it (`name`).  The file is opened without truncation and created only if
     missing, so a refused opener changes no existing file.  The kernel drops
     the flock when the holder's process dies (even by SIGKILL), so a crash
     never leaves a stale lock.  release() is idempotent.
@@ -204,7 +205,7 @@ class DirLock:
     inherit it (the descriptor is close-on-exec).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, name=LOCK_NAME):
         self.path = os.path.abspath(os.fspath(path))
         self._fd = None
         st = os.stat(self.path)
@@ -214,7 +215,7 @@ class DirLock:
             if holder is not None:
                 raise LockError(f"data directory {self.path} is locked by another engine "
                                 f"in this process (opened as {holder})")
-            lock_path = os.path.join(self.path, LOCK_NAME)
+            lock_path = os.path.join(self.path, name)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -360,20 +360,26 @@ class Manifest:
                 body["add"] = [list(a) for a in adds]
             if deletes:
                 body["del"] = deletes
-            frame = encode_edit(body)
+            new = _State()
+            new.tables, new.flushed_seq, new.last_seq = st.tables, st.flushed_seq, st.last_seq
+            new.next_file = st.next_file
+            _apply(new, {k: v for k, v in body.items() if k != "next_file"}, (self.path, None))
             try:
-                write_all(self._fd, frame)
-                os.fsync(self._fd)
+                self._persist_edit(body, new)
             except OSError as exc:
                 self._failure = exc
                 raise
-            self._size += len(frame)
-            new = _State()
-            new.tables, new.flushed_seq, new.last_seq = st.tables, st.flushed_seq, st.last_seq
-            _apply(new, {k: v for k, v in body.items() if k != "next_file"}, (self.path, None))
             st.tables, st.flushed_seq, st.last_seq = new.tables, new.flushed_seq, new.last_seq
             if self._size > REWRITE_BYTES:
                 self._rewrite_locked()
+
+    def _persist_edit(self, body: dict, new: _State) -> None:
+        """Make one validated edit durable (new: the state after it).  Here
+        an appended frame; flowdb._single_file stores whole snapshots."""
+        frame = encode_edit(body)
+        write_all(self._fd, frame)
+        os.fsync(self._fd)
+        self._size += len(frame)
 
     def rewrite(self) -> None:
         """Replace MANIFEST by one snapshot edit of the current state (atomically)."""

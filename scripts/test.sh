@@ -17,7 +17,8 @@
 # pytest's default selection is the quick tier (-m 'not slow', pyproject.toml);
 # pass -m slow, or set FLOWDB_FULL=1, for the long runs.
 #
-# Without arguments (the whole suite, as CI runs it) it then runs the asv
+# Without arguments (the whole suite, as CI runs it) it then reruns the
+# engine tests against the single-file backend and runs the asv
 # smoke check: every benchmark in asv_bench/ once (`asv run --python=same
 # --quick`, a few seconds), so a benchmark that breaks or gets a wrong answer
 # fails the run.  With arguments only pytest runs.
@@ -38,6 +39,11 @@ VENV=$(cd "$VENV" && pwd)
 echo "scripts/test.sh: installing flowdb[test] (editable; builds flowdb._core)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# Rerun against StorageBackendKind.SINGLE_FILE (see below).
+SINGLE_FILE_TESTS="tests/test_engine_api.py tests/test_engine_model.py tests/test_engine_errors.py
+    tests/test_maintenance.py tests/test_time_index.py tests/test_single_file.py tests/jsondb
+    tests/reliability/test_kill9.py tests/reliability/test_locking.py"
+
 status=0
 "$VENV/bin/python" -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then
@@ -46,6 +52,13 @@ if [ "$status" -eq 5 ]; then
 fi
 
 if [ $# -eq 0 ]; then
+    # API.md: both storage backends pass the same tests.  The engine-level
+    # tests (those that open stores through tests/conftest.py and the crash
+    # helpers, which honour FLOWDB_STORAGE_BACKEND) run again on SINGLE_FILE.
+    echo "scripts/test.sh: the engine tests again with FLOWDB_STORAGE_BACKEND=single_file"
+    # shellcheck disable=SC2086  # word splitting of the list is meant
+    FLOWDB_STORAGE_BACKEND=single_file "$VENV/bin/python" -m pytest -q $SINGLE_FILE_TESTS \
+        || { [ "$status" -ne 0 ] || status=1; }
     echo "scripts/test.sh: asv smoke run (asv_bench, every benchmark once)"
     asv_status=0
     # asv keeps machine details in ~/.asv-machine.json; --yes takes the defaults.

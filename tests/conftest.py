@@ -9,24 +9,13 @@ import os
 
 import pytest
 
-# Engine tests run against this backend; FLOWDB_STORAGE_BACKEND=single_file
-# reruns them all against the single-file backend (API.md: both pass the
-# same tests).
-BACKEND_ENV = "FLOWDB_STORAGE_BACKEND"
-
+from helpers.common import backend
 
 def pytest_configure(config):
     # FLOWDB_FULL=1 is the full tier: the slow tests run too, unless a -m
     # expression other than pyproject's default "not slow" was given.
     if os.environ.get("FLOWDB_FULL") == "1" and config.option.markexpr == "not slow":
         config.option.markexpr = ""
-
-
-def _default_backend():
-    from flowdb import StorageBackendKind
-
-    name = os.environ.get(BACKEND_ENV, "multi_file").upper()
-    return StorageBackendKind[name]
 
 
 @pytest.fixture
@@ -44,7 +33,7 @@ def engine_factory(tmp_path):
 
     def open_engine(path=None, **overrides):
         cfg = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS,
-                   memtable_size_mb=1, storage_backend=_default_backend())
+                   memtable_size_mb=1, storage_backend=backend())
         cfg.update(overrides)
         engine = Engine.open(str(path if path is not None else tmp_path / "db"), **cfg)
         opened.append(engine)

@@ -1262,16 +1262,6 @@ def test_ten_thousand_records_across_flushes_and_reopen(engine_factory):
     assert len(e.query_time_range(0, 0)) == len([i for i in range(n) if i % 97 == 0])
 
 
-def test_single_file_backend_is_refused_clearly(tmp_path):
-    """SINGLE_FILE is not implemented yet: open says so, names the field, and
-    creates nothing (the directory stays absent)."""
-    path = tmp_path / "db"
-    with pytest.raises(ValueError, match="storage_backend"):
-        Engine.open(str(path), auto_background=False,
-                    storage_backend=StorageBackendKind.SINGLE_FILE)
-    assert not path.exists()
-
-
 def test_get_sync_returns_none_for_missing_or_expired(engine):
     engine.write_batch([R(b"a", 1, b"x"), R(b"b", 1, b"y", now_us() - 1)])
     assert engine.get_sync(b"a", 1) == R(b"a", 1, b"x")

@@ -21,7 +21,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 
 import flowdb
 from flowdb import Engine, Query, ReadOptions, Record, ScanRange, SyncMode
-from helpers.common import FULL, INT64_MAX, INT64_MIN, NEVER, now_us, rec, recs
+from helpers.common import FULL, backend, INT64_MAX, INT64_MIN, NEVER, now_us, rec, recs
 
 NotFoundError = flowdb.NotFoundError
 
@@ -75,7 +75,8 @@ class EngineModel(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="flowdb-model-")
         self.config = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS,
                            memtable_size_mb=0.05, compaction_threshold=2,
-                           default_ttl_secs=self.default_ttl)
+                           default_ttl_secs=self.default_ttl,
+                           storage_backend=backend())
         self.engine = Engine.open(os.path.join(self.dir, "db"), **self.config)
         self.model = {}            # (key, ts) -> (value, expire_at)
         self.ever = set()          # every (key, ts) ever written, for deletes/gets
@@ -366,7 +367,8 @@ class EngineModelSmallTables(EngineModel):
         self.dir = tempfile.mkdtemp(prefix="flowdb-model-")
         self.config = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS,
                            memtable_size_mb=0.005, block_size=256, compaction_threshold=3,
-                           default_ttl_secs=None)
+                           default_ttl_secs=None,
+                           storage_backend=backend())
         self.engine = Engine.open(os.path.join(self.dir, "db"), **self.config)
         self.model, self.ever, self.scans = {}, set(), []
 
@@ -387,7 +389,8 @@ class EngineModelBackground(EngineModel):
                            memtable_size_mb=0.004, block_size=256, compaction_threshold=2,
                            flush_interval_ms=3, compaction_interval_ms=5, gc_interval_secs=0.01,
                            max_frozen_memtables=2, default_ttl_secs=None,
-                           index_memory_budget_mb=0.002)     # indexes released and reloaded
+                           index_memory_budget_mb=0.002,   # indexes released and reloaded
+                           storage_backend=backend())
         self.engine = Engine.open(os.path.join(self.dir, "db"), **self.config)
         self.model, self.ever, self.scans = {}, set(), []
 

@@ -84,3 +84,15 @@ def test_bloom_constants_match():
     assert doc_int(r"clamped to 1\.\.(\d+)") == bloom.MAX_PROBES
     assert doc_int(r"max\((\d+), num_user_keys") == bloom.MIN_FILTER_BITS
     assert doc_int(r"10 bits/key: k = (\d+)") == bloom.num_probes(10) == round(10 * math.log(2))
+
+
+def test_single_file_store_constants():
+    from flowdb import _single_file, _storage
+
+    m = re.search(r'slot      := 4096 bytes at offsets 0 and 4096:\n\s+magic:8 = "([A-Z0-9]+)\\x00"', DOC)
+    assert m and m.group(1).encode() + b"\x00" == _single_file.SLOT_MAGIC
+    assert _single_file.SLOT_SIZE == 4096 and _single_file.DATA_START == 8192
+    assert "starting at a multiple of 4096, at or after 8192" in DOC and _single_file.ALIGN == 4096
+    assert _single_file._SLOT.size == doc_int(r"crc32c of the (\d+) bytes before it")
+    assert "`DIR/flowdb.db`" in DOC and _storage.STORE_NAME == "flowdb.db"
+    assert "at most 12288 bytes" in DOC and _single_file.DATA_START + _single_file.ALIGN == 12288

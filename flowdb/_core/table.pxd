@@ -144,6 +144,8 @@ cdef class TableReader(Source):
     cdef readonly BlockCache block_cache  # or None
     cdef uint64_t cache_file          # file_number as the cache key's first half
     cdef int fd                       # -1 once closed
+    cdef readonly uint64_t base       # the table's first byte in the file (0: the whole file)
+    cdef long long extent_size        # its length there, or -1: to the file's end
     cdef bytes bloom                  # filter bytes; b"" means none
     cdef const uint8_t *bloom_ptr     # into bloom, for may_contain without the GIL
     cdef object __weakref__           # the engine tracks its readers weakly, to close them at shutdown

@@ -985,8 +985,8 @@ cdef struct _WarmBlock:
     BlockMeta meta
 
 
-cdef Py_ssize_t _warm_read(int fd, const IndexEntry *index, _WarmBlock *wb, Py_ssize_t nb,
-                           uint8_t *buf) noexcept nogil:
+cdef Py_ssize_t _warm_read(int fd, uint64_t base, const IndexEntry *index, _WarmBlock *wb,
+                           Py_ssize_t nb, uint8_t *buf) noexcept nogil:
     """Reads blocks wb[0:nb] into buf and checks their checksums and
     lengths; returns how many passed before the first that did not."""
     cdef Py_ssize_t k
@@ -994,7 +994,7 @@ cdef Py_ssize_t _warm_read(int fd, const IndexEntry *index, _WarmBlock *wb, Py_s
     for k in range(nb):
         stored = index[wb[k].i].size
         if (fdb_pread_full(fd, buf + wb[k].at, stored + _BLOCK_TRAILER_SIZE,
-                           index[wb[k].i].offset) != <ssize_t>(stored + _BLOCK_TRAILER_SIZE)
+                           base + index[wb[k].i].offset) != <ssize_t>(stored + _BLOCK_TRAILER_SIZE)
                 or _check_stored(buf + wb[k].at, stored, True, &wb[k].typ, &wb[k].ulen) != FDB_OK):
             return k
     return nb
@@ -1017,9 +1017,12 @@ cdef Py_ssize_t _warm_decode(const IndexEntry *index, _WarmBlock *wb, Py_ssize_t
 
 
 cdef class TableReader(Source):
-    """An open SSTable: TableReader(path, file_number, block_cache=None).
+    """An open SSTable: TableReader(path, file_number, block_cache=None, base=0, size=None).
 
-    Raises CorruptionError(message, path, offset) for a missing file and for
+    The table is the whole file at `path`, or, given `size`, the `size`
+    bytes at offset `base` of it (a table inside a single-file store,
+    flowdb._single_file); every offset in the table stays relative to its
+    first byte.  Raises CorruptionError(message, path, offset) for a missing file and for
     any inconsistency in the footer or the meta blocks; OSError for other
     failures to open or read the file."""
 
@@ -1034,8 +1037,10 @@ cdef class TableReader(Source):
         self.props = {}
         self.index_holder = None
 
-    def __init__(self, path, file_number, block_cache=None):
+    def __init__(self, path, file_number, block_cache=None, base=0, size=None):
         self.path = os.fspath(path)
+        self.base = base
+        self.extent_size = -1 if size is None else size
         self.file_number = file_number
         self.block_cache = block_cache
         if block_cache is not None:
@@ -1074,13 +1079,13 @@ cdef class TableReader(Source):
         return CorruptionError(message, self.path, offset)
 
     def _open(self):
-        size = os.fstat(self.fd).st_size
+        size = os.fstat(self.fd).st_size - self.base if self.extent_size < 0 else self.extent_size
         self.file_size = size
         if size < FOOTER_SIZE:
             raise self._corrupt(f"file of {size} bytes is shorter than the "
                                 f"{FOOTER_SIZE}-byte footer", 0)
         fstart = size - FOOTER_SIZE
-        footer = os.pread(self.fd, FOOTER_SIZE, fstart)
+        footer = os.pread(self.fd, FOOTER_SIZE, self.base + fstart)
         if len(footer) != FOOTER_SIZE:
             raise self._corrupt("short read of the footer", fstart)
         if footer[FOOTER_SIZE - 8:] != TABLE_MAGIC:
@@ -1169,10 +1174,10 @@ cdef class TableReader(Source):
         buf = PyBytes_AS_STRING(raw)
         # From the page cache with the GIL held; from the disk without it
         # (include/fdb_io.h).
-        got = fdb_pread_cached(fd, buf, n, offset)
+        got = fdb_pread_cached(fd, buf, n, self.base + offset)
         if got < 0 and errno == EAGAIN:
             with nogil:
-                got = fdb_pread_full(fd, buf, n, offset)
+                got = fdb_pread_full(fd, buf, n, self.base + offset)
         if got < 0:
             err = errno
             raise OSError(err, os.strerror(err), self.path)
@@ -1566,7 +1571,7 @@ cdef class TableReader(Source):
                 if fd < 0:
                     break                        # closed meanwhile
                 with nogil:
-                    ok = _warm_read(fd, h.index, wb, nb, buf)
+                    ok = _warm_read(fd, self.base, h.index, wb, nb, buf)
                 go_on = ok == nb                 # else a block failed its checks
                 room = cache.capacity - cache.usage if cache.capacity > cache.usage else 0
                 for k in range(ok):
@@ -1617,6 +1622,7 @@ cdef class TableReader(Source):
         it.st.ts_hi = ts_hi
         it.st.verify = verify_checksums
         it.st.fd = &self.fd
+        it.st.file_base = self.base
         it.st.blocks_read = &self.blocks_read
         it.st.blocks_loaded = &self.blocks_loaded
         return it
@@ -1641,6 +1647,7 @@ cdef struct TIterState:
     # onto one of them needs no GIL either.
     bint read_ahead
     const int *fd             # the reader's descriptor (-1 once closed)
+    uint64_t file_base        # the table's first byte in that file
     unsigned long long *blocks_read     # the reader's counters (fdb_count)
     unsigned long long *blocks_loaded
     Py_ssize_t ra_lo
@@ -1793,7 +1800,7 @@ cdef Py_ssize_t _ti_read_batch(TIterState *st, Py_ssize_t i) noexcept nogil:
     st.cur = -1
     st.ra_lo = st.ra_hi = 0
     if (end == start or reserve_bytes(&st.ra_buf, &st.ra_buf_cap, end - start) != FDB_OK
-            or fdb_pread_full(fd, st.ra_buf, end - start, start) != <ssize_t>(end - start)):
+            or fdb_pread_full(fd, st.ra_buf, end - start, st.file_base + start) != <ssize_t>(end - start)):
         return 0
     b = st.ra_buf
     k = i

@@ -23,6 +23,18 @@ HELPERS_DIR = Path(__file__).resolve().parent
 
 FULL = os.environ.get("FLOWDB_FULL") == "1"
 
+# Engine tests run against this backend; FLOWDB_STORAGE_BACKEND=single_file
+# reruns them against the single-file one (API.md: both pass the same
+# tests).  Child processes inherit it.
+BACKEND_ENV = "FLOWDB_STORAGE_BACKEND"
+
+
+def backend():
+    """The StorageBackendKind the tests open stores with."""
+    from flowdb import StorageBackendKind
+
+    return StorageBackendKind[os.environ.get(BACKEND_ENV, "multi_file").upper()]
+
 
 def now_us() -> int:
     """The engine's clock: wall-clock microseconds."""

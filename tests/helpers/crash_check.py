@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 
 from flowdb import Engine
-from helpers.common import HELPERS_DIR, child_env
+from helpers.common import HELPERS_DIR, backend, child_env
 from helpers.writer_child import TS_PER_GEN, decode_value
 
 WRITER = str(HELPERS_DIR / "writer_child.py")
@@ -77,7 +77,7 @@ def read_batches(data_dir, last=None):
     `last`, if given, receives {t: (gen, n)} of the overwrite records.
     """
     found = defaultdict(lambda: [None, set()])
-    with Engine.open(str(data_dir), auto_background=False) as e:
+    with Engine.open(str(data_dir), auto_background=False, storage_backend=backend()) as e:
         for r in e.query_by_prefix(b""):
             d = decode_value(r.value)
             assert d is not None, f"damaged value at {r.key!r} ts={r.ts}: {r.value[:60]!r}"

@@ -20,6 +20,7 @@ import threading
 import zlib
 
 from flowdb import Engine, Record, SyncMode
+from helpers.common import backend
 
 TS_PER_GEN = 10**6
 
@@ -48,7 +49,7 @@ def config(sync):
     mode = SyncMode.ALWAYS if sync == "always" else SyncMode.interval_ms(int(sync))
     return dict(wal_sync_mode=mode, memtable_size_mb=0.05, auto_background=True,
                 flush_interval_ms=20, compaction_interval_ms=50, compaction_threshold=2,
-                wal_segment_size_mb=0.05)
+                wal_segment_size_mb=0.05, storage_backend=backend())
 
 
 def start_writers(engine, gen, threads, seed):

@@ -1,6 +1,8 @@
 """Fixtures for the JsonDB tests: a database on tmp_path that can be reopened."""
 import pytest
 
+from helpers.common import backend
+
 
 @pytest.fixture
 def db_factory(tmp_path):
@@ -14,7 +16,8 @@ def db_factory(tmp_path):
     def open_db(**overrides):
         for db in opened:
             db.shutdown()
-        cfg = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS, memtable_size_mb=1)
+        cfg = dict(auto_background=False, wal_sync_mode=SyncMode.ALWAYS, memtable_size_mb=1,
+                   storage_backend=backend())
         cfg.update(overrides)
         db = JsonDB.open(str(tmp_path / "db"), **cfg)
         opened.append(db)

@@ -16,6 +16,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, r
 
 from flowdb import ConstraintError, SyncMode
 from flowdb.jsondb import JsonDB, _keys
+from helpers.common import backend
 
 STORES = {"a": False, "b": True}                 # name -> auto_increment
 INDEXES = {                                      # name -> (key_paths, multi_entry)
@@ -52,7 +53,7 @@ class Model(RuleBasedStateMachine):
 
     def _open(self):
         return JsonDB.open(self.dir, auto_background=False, memtable_size_mb=1,
-                           wal_sync_mode=SyncMode.interval_ms(1000))
+                           wal_sync_mode=SyncMode.interval_ms(1000), storage_backend=backend())
 
     def teardown(self):
         if hasattr(self, "db"):

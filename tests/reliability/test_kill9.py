@@ -25,6 +25,7 @@ from collections import defaultdict
 import pytest
 
 from flowdb import Engine
+from helpers.common import backend
 from helpers.crash_check import Child, check_store, kill_during_recovery
 
 
@@ -86,7 +87,7 @@ def test_recovery_result_does_not_depend_on_memtable_size(tmp_path):
         for mb in (64, 0.01):
             copy = tmp_path / f"copy-{gen}-{mb}"
             shutil.copytree(data_dir, copy)
-            with Engine.open(str(copy), auto_background=False, memtable_size_mb=mb) as e:
+            with Engine.open(str(copy), auto_background=False, memtable_size_mb=mb, storage_backend=backend()) as e:
                 counts[mb] = len(e.query_by_prefix(b""))
         assert counts[0.01] == counts[64], (
             f"gen {gen}: recovery with a 0.01 MiB memtable found {counts[0.01]} records, "
@@ -106,7 +107,7 @@ def test_recovery_replay_that_flushes_midway_keeps_everything(tmp_path):
 
     for round_ in range(6):
         db = tmp_path / f"db{round_}"
-        e = Engine.open(str(db), auto_background=False, memtable_size_mb=64)
+        e = Engine.open(str(db), auto_background=False, memtable_size_mb=64, storage_backend=backend())
         stop = threading.Event()
         done = defaultdict(int)  # thread -> batches acknowledged before the image
 
@@ -137,7 +138,7 @@ def test_recovery_replay_that_flushes_midway_keeps_everything(tmp_path):
         for mb in (64, 0.01):
             copy = tmp_path / f"copy{round_}-{mb}"
             shutil.copytree(image, copy)
-            with Engine.open(str(copy), auto_background=False, memtable_size_mb=mb) as x:
+            with Engine.open(str(copy), auto_background=False, memtable_size_mb=mb, storage_backend=backend()) as x:
                 recs = x.query_by_prefix(b"")
             counts[mb] = len(recs)
             per_thread = defaultdict(set)

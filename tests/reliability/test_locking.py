@@ -16,7 +16,7 @@ import pytest
 
 import flowdb
 from flowdb import Engine, Record, SyncMode
-from helpers.common import child_env, dump, run_python
+from helpers.common import backend, child_env, dump, run_python
 
 LockError = flowdb.LockError
 R = Record
@@ -24,7 +24,8 @@ R = Record
 HOLDER = (
     "import sys, time\n"
     "from flowdb import Engine, Record\n"
-    "e = Engine.open(sys.argv[1], auto_background=True)\n"
+    "from helpers.common import backend\n"
+    "e = Engine.open(sys.argv[1], storage_backend=backend(), auto_background=True)\n"
     "e.write_batch([Record(b'child', 1, b'x')])\n"
     "print('ready', flush=True)\n"
     "sys.stdin.readline()\n"
@@ -36,14 +37,20 @@ OPENER = (
     "import sys, time\n"
     "import flowdb\n"
     "from flowdb import Engine\n"
+    "from helpers.common import backend\n"
     "t = time.monotonic()\n"
     "try:\n"
-    "    Engine.open(sys.argv[1], auto_background=False)\n"
+    "    Engine.open(sys.argv[1], storage_backend=backend(), auto_background=False)\n"
     "except Exception as exc:\n"
     "    print(type(exc).__name__, isinstance(exc, flowdb.FlowError), time.monotonic() - t)\n"
     "else:\n"
     "    print('opened')\n"
 )
+
+
+def lock_file(path):
+    """The file a holder flocks: LOCK, or a single-file store's one file."""
+    return path / ("flowdb.db" if backend().value == "single_file" else "LOCK")
 
 
 def fingerprint(path):
@@ -77,7 +84,7 @@ def test_second_open_in_same_process_raises_lock_error(engine_factory, tmp_path)
     t = time.monotonic()
     for spelling in (str(tmp_path / "db"), str(tmp_path / "db") + "/", str(tmp_path / "db/../db")):
         with pytest.raises(LockError):
-            Engine.open(spelling, auto_background=True, wal_sync_mode=SyncMode.interval_ms(5))
+            Engine.open(spelling, storage_backend=backend(), auto_background=True, wal_sync_mode=SyncMode.interval_ms(5))
     assert time.monotonic() - t < 1.0
     assert fingerprint(tmp_path / "db") == before, "the refused opener changed a file"
     # the first engine is unaffected
@@ -92,7 +99,7 @@ def test_same_process_symlinked_spelling_is_refused(engine_factory, tmp_path):
     engine_factory()
     os.symlink(tmp_path / "db", tmp_path / "alias")
     with pytest.raises(LockError):
-        Engine.open(str(tmp_path / "alias"), auto_background=False)
+        Engine.open(str(tmp_path / "alias"), storage_backend=backend(), auto_background=False)
 
 
 def test_open_while_another_process_holds_lock(tmp_path):
@@ -106,12 +113,13 @@ def test_open_while_another_process_holds_lock(tmp_path):
         assert float(secs) < 1.0, f"refusal took {secs} s"
         t = time.monotonic()
         with pytest.raises(LockError):
-            Engine.open(str(tmp_path / "db"), auto_background=False)
+            Engine.open(str(tmp_path / "db"), storage_backend=backend(), auto_background=False)
         assert time.monotonic() - t < 1.0
         after = fingerprint(tmp_path / "db")
         # The holder's own background work may change its files; the refused
         # openers must not: LOCK untouched, nothing created or removed.
-        assert after["LOCK"] == before["LOCK"]
+        if backend().value == "multi_file":     # else LOCK is the store, which the holder writes
+            assert after["LOCK"] == before["LOCK"]
         assert set(after) - set(before) <= {n for n in after if n.endswith((".sst", ".wal"))}
         proc.stdin.write("\n")
         proc.stdin.flush()
@@ -121,14 +129,14 @@ def test_open_while_another_process_holds_lock(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    with Engine.open(str(tmp_path / "db"), auto_background=False) as e:
+    with Engine.open(str(tmp_path / "db"), storage_backend=backend(), auto_background=False) as e:
         assert e.get(b"child", 1) is not None
 
 
 def test_refused_opener_changes_no_file(tmp_path):
     """Refused while the holder is idle (no background work): the directory
     is byte-for-byte and mtime-for-mtime what it was."""
-    code = HOLDER.replace("auto_background=True", "auto_background=False")
+    code = HOLDER.replace("storage_backend=backend(), auto_background=True", "storage_backend=backend(), auto_background=False")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "db")], env=child_env(),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -139,7 +147,7 @@ def test_refused_opener_changes_no_file(tmp_path):
             res = run_python(OPENER, tmp_path / "db")
             assert res.stdout.split()[0] == "LockError", res.stdout + res.stderr
             with pytest.raises(LockError):
-                Engine.open(str(tmp_path / "db"), auto_background=True, create_if_missing=False)
+                Engine.open(str(tmp_path / "db"), storage_backend=backend(), auto_background=True, create_if_missing=False)
         assert fingerprint(tmp_path / "db") == before
     finally:
         proc.kill()
@@ -152,7 +160,7 @@ def test_lock_released_when_holder_is_killed(tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=30)
     t = time.monotonic()
-    with Engine.open(str(tmp_path / "db"), auto_background=False) as e:
+    with Engine.open(str(tmp_path / "db"), storage_backend=backend(), auto_background=False) as e:
         assert e.get(b"child", 1) is not None
     assert time.monotonic() - t < 5.0
 
@@ -160,15 +168,21 @@ def test_lock_released_when_holder_is_killed(tmp_path, sig):
 def test_lock_released_after_shutdown_and_after_failed_open(tmp_path):
     """A failed open (corrupt MANIFEST) releases the lock it took."""
     path = tmp_path / "db"
-    Engine.open(str(path), auto_background=False).shutdown()
-    Engine.open(str(path), auto_background=False).shutdown()
-    with open(path / "MANIFEST", "r+b") as f:
-        f.write(b"XXXX")
+    Engine.open(str(path), storage_backend=backend(), auto_background=False).shutdown()
+    Engine.open(str(path), storage_backend=backend(), auto_background=False).shutdown()
+    if backend().value == "multi_file":
+        with open(path / "MANIFEST", "r+b") as f:
+            f.write(b"XXXX")
+    else:
+        with open(path / "flowdb.db", "r+b") as f:       # both slots
+            f.write(b"XXXX")
+            f.seek(4096)
+            f.write(b"XXXX")
     for _ in range(2):
         with pytest.raises(flowdb.CorruptionError):
-            Engine.open(str(path), auto_background=False)
+            Engine.open(str(path), storage_backend=backend(), auto_background=False)
     res = run_python("import sys, fcntl, os\n"
                      "fd = os.open(sys.argv[1], os.O_RDWR)\n"
                      "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-                     "print('free')\n", path / "LOCK")
+                     "print('free')\n", lock_file(path))
     assert res.stdout.strip() == "free", res.stderr
