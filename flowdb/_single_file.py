@@ -40,10 +40,10 @@ from flowdb._core.checksum import crc32c
 from flowdb._core.table import TableReader
 
 from flowdb._errors import CorruptionError
-from flowdb._fileio import MANIFEST_NAME, TEMP_SUFFIX, DirLock, fsync_dir
+from flowdb._fileio import MANIFEST_NAME, DirLock, fsync_dir
 from flowdb._manifest import (EDIT_HEADER_SIZE, Manifest, _apply, _edit_problem,
                               _highest_file_number, _is_uint, _State, encode_edit)
-from flowdb._storage import STORE_NAME, _refuse
+from flowdb._storage import STORE_NAME, _refuse, remove_leftovers, temp_table_path
 
 # Constants of the format: never renumber.
 SLOT_MAGIC = b"FLOWSF1\x00"
@@ -228,16 +228,10 @@ class SingleFileStorage:
     # -- tables --------------------------------------------------------------------
 
     def remove_leftovers(self, live) -> list:
-        removed = []
-        for name in os.listdir(self.dir):
-            if name.endswith(TEMP_SUFFIX):
-                path = os.path.join(self.dir, name)
-                os.unlink(path)
-                removed.append(path)
-        return removed
+        return remove_leftovers(self.dir)        # no table is a file of its own here
 
     def table_path(self, number: int) -> str:
-        return os.path.join(self.dir, "%06d.sst%s" % (number, TEMP_SUFFIX))
+        return temp_table_path(self.dir, number)
 
     def install(self, built) -> None:
         """Copy finished tables into free space and fdatasync; the temporary files go."""

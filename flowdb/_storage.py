@@ -34,6 +34,23 @@ def open_storage(kind: StorageBackendKind, dir: str):
     return DirectoryStorage(dir)
 
 
+def temp_table_path(dir, number: int) -> str:
+    """Where a TableBuilder writes table `number`, with either backend."""
+    return os.path.join(dir, table_name(number)) + TEMP_SUFFIX
+
+
+def remove_leftovers(dir, also=lambda kind, number: False) -> list:
+    """Remove the *.tmp files of `dir`, and the files `also(kind, number)`
+    picks (fileio.parse_name); returns their paths."""
+    removed = []
+    for name in os.listdir(dir):
+        if name.endswith(TEMP_SUFFIX) or also(*parse_name(name)):
+            path = os.path.join(dir, name)
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def _refuse(dir, found, kind):
     raise ValueError(f"Config.storage_backend: {dir!r} holds a store of the other backend "
                      f"({found}); open it with storage_backend=StorageBackendKind.{kind}")
@@ -56,18 +73,10 @@ class DirectoryStorage:
 
     def remove_leftovers(self, live) -> list:
         """Remove temporary files and tables no manifest edit names; returns their paths."""
-        removed = []
-        for name in os.listdir(self.dir):
-            kind, number = parse_name(name)
-            if name.endswith(TEMP_SUFFIX) or (kind == "sst" and number not in live):
-                path = os.path.join(self.dir, name)
-                os.unlink(path)
-                removed.append(path)
-        return removed
+        return remove_leftovers(self.dir, lambda kind, number: kind == "sst" and number not in live)
 
     def table_path(self, number: int) -> str:
-        """Where a TableBuilder writes table `number`."""
-        return os.path.join(self.dir, table_name(number)) + TEMP_SUFFIX
+        return temp_table_path(self.dir, number)
 
     def install(self, built) -> None:
         """Make finished tables [(number, table_path), ...] durable under their own names."""
