@@ -461,7 +461,7 @@ class Engine(_read.EngineReads):
                 # Every record is in a table: at rest the store is its one file.
                 self._wal.close()
                 delete_segments(self._dir, [self._wal.current_number])
-                self._storage.vacuum(self._manifest)
+                self._manifest.vacuum()
         finally:
             self._closed = True
             for applier in self._appliers:

@@ -284,48 +284,43 @@ class SingleFileStorage:
             if ext is not None and not self._closed:
                 self._release(*ext)
 
-    def vacuum(self, man: Manifest) -> int:
+    def move_tables_forward(self, state: _State, next_file: int) -> int:
         """Move the tables nearest the end of the file into free space before
-        them, then cut the freed tail; returns the tables moved.  For
-        shutdown, when nothing reads or installs: a compaction's output lands after its
-        inputs, and without this the file at rest would keep their space.
-        Safe at any instant: each table is copied and fdatasynced, a snapshot
-        names the copies, and only then is the old space free."""
-        with man._edit_lock:
-            state = man._state
+        them, then cut the freed tail; returns the tables moved.  The caller
+        holds the manifest's edit lock (_SnapshotManifest.vacuum).  Safe at
+        any instant: each table is copied and fdatasynced, a snapshot names
+        the copies, and only then is the old space free."""
+        with self._mutex:
+            # Replaced tables whose readers were not collected yet: at
+            # shutdown nothing reads them any more.
+            for number in [n for n in self._extents if n not in state.tables]:
+                self._release(*self._extents.pop(number))
+        # First the snapshot, to the first free bytes, lest it split the
+        # free space the tables would move into.
+        self.write_snapshot(state, next_file)
+        moved = []
+        for number in sorted(state.tables, key=lambda n: -self._extents[n][0]):
+            off, size = self._extents[number]
             with self._mutex:
-                # Replaced tables whose readers were not collected yet: at
-                # shutdown nothing reads them any more.
-                for number in [n for n in self._extents if n not in state.tables]:
-                    self._release(*self._extents.pop(number))
-            with man._counter_lock:
-                next_file = state.next_file
-            # First the snapshot, to the first free bytes, lest it split the
-            # free space the tables would move into.
+                hole = self._take(size, before=off)
+            if hole is None:
+                continue
+            _copy(self._fd, off, self._fd, hole, size)
+            moved.append((number, off, size, hole))
+        if not moved:
+            return 0
+        os.fdatasync(self._fd)
+        with self._mutex:
+            for number, _off, size, hole in moved:
+                self._extents[number] = (hole, size)
+        self.write_snapshot(state, next_file)
+        with self._mutex:
+            for _number, off, size, _hole in moved:
+                self._release(off, size)
+            last = max((o for o, _s in self._extents.values()), default=0)
+        if self._snapshot[0] > last:             # it was placed past the tables: move it too
             self.write_snapshot(state, next_file)
-            moved = []
-            for number in sorted(state.tables, key=lambda n: -self._extents[n][0]):
-                off, size = self._extents[number]
-                with self._mutex:
-                    hole = self._take(size, before=off)
-                if hole is None:
-                    continue
-                _copy(self._fd, off, self._fd, hole, size)
-                moved.append((number, off, size, hole))
-            if not moved:
-                return 0
-            os.fdatasync(self._fd)
-            with self._mutex:
-                for number, _off, size, hole in moved:
-                    self._extents[number] = (hole, size)
-            self.write_snapshot(state, next_file)
-            with self._mutex:
-                for _number, off, size, _hole in moved:
-                    self._release(off, size)
-                last = max((o for o, _s in self._extents.values()), default=0)
-            if self._snapshot[0] > last:         # it was placed past the tables: move it too
-                self.write_snapshot(state, next_file)
-            return len(moved)
+        return len(moved)
 
     # -- free space ----------------------------------------------------------------
 
@@ -401,13 +396,23 @@ class _SnapshotManifest(Manifest):
         self._storage.write_snapshot(new, body["next_file"])
 
     def _rewrite_locked(self):
-        with self._counter_lock:
-            next_file = self._state.next_file
         try:
-            self._storage.write_snapshot(self._state, next_file)
+            self._storage.write_snapshot(self._state, self._next_file())
         except OSError as exc:
             self._failure = exc
             raise
+
+    def _next_file(self) -> int:
+        with self._counter_lock:
+            return self._state.next_file
+
+    def vacuum(self) -> int:
+        """At shutdown, when nothing reads or installs any more: move the
+        tables forward (SingleFileStorage.move_tables_forward).  A
+        compaction's output lands after its inputs, and without this the
+        file at rest would keep their space."""
+        with self._edit_lock:
+            return self._storage.move_tables_forward(self._state, self._next_file())
 
     @property
     def size(self) -> int:

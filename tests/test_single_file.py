@@ -188,8 +188,11 @@ def test_a_damaged_table_byte_is_a_corruption_error_never_data(tmp_path):
         base, size = table.base, table.file_size
     _damage(db / "flowdb.db", base + size // 3)
     with open_single(db) as e:
-        with pytest.raises(CorruptionError):
+        with pytest.raises(CorruptionError) as exc:
             e.query_by_prefix(b"")
+    # The offset is in the file, at the damaged block (not in the table).
+    assert exc.value.path.endswith("flowdb.db")
+    assert base + size // 3 - 2048 <= exc.value.offset <= base + size // 3
 
 
 def test_both_slots_bad_is_a_corruption_error(tmp_path):

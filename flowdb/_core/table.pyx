@@ -1076,7 +1076,8 @@ cdef class TableReader(Source):
         return f"TableReader({self.path!r}, file_number={self.file_number})"
 
     def _corrupt(self, message, offset):
-        return CorruptionError(message, self.path, offset)
+        # The offset in the file: a single-file store's table starts at base.
+        return CorruptionError(message, self.path, self.base + offset)
 
     def _open(self):
         size = os.fstat(self.fd).st_size - self.base if self.extent_size < 0 else self.extent_size
@@ -1258,8 +1259,8 @@ cdef class TableReader(Source):
             return MemoryError()
         cdef const char *msg = blk.err_msg
         text = (<bytes>msg).decode() if msg != NULL else "unreadable"
-        return CorruptionError(f"corrupt data block: {text} (byte {blk.err_off} "
-                               f"of the decompressed block)", self.path, offset)
+        return self._corrupt(f"corrupt data block: {text} (byte {blk.err_off} "
+                             f"of the decompressed block)", offset)
 
     cdef object find_version(self, const uint8_t *target, size_t tn, bint fill_cache,
                              bint verify_checksums, EntryHit *hit):

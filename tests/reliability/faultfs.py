@@ -3,13 +3,17 @@ fault_injection_test and Pebble's vfs/errorfs are the models).
 
 Every file flowdb writes goes through the Python `os` module (the WAL, the
 manifest, _fileio and the Cython TableBuilder all call os.open / os.write /
-os.fsync / os.fdatasync / os.rename / os.replace / os.unlink / os.truncate).
+os.fsync / os.fdatasync / os.rename / os.replace / os.unlink / os.truncate;
+the single-file store also os.pwrite / os.copy_file_range / os.ftruncate).
 FaultFS.install() replaces those functions *in the current process* (use it
 in a child process only) with wrappers that
 
 - track, per inode, how many bytes were durable at the last fsync/fdatasync,
   and per directory which entries (name -> inode) were durable at the last
   fsync of the directory;
+- keep, per inode, an undo log of the durable bytes overwritten in place
+  (os.pwrite, os.copy_file_range, or os.write at a position before the end)
+  since its last fsync/fdatasync: the old bytes, read just before each write;
 - on power_cut(): put the directory back to its durable entries (files
   created or renamed in since the last directory fsync disappear, unlinked
   or replaced durable files come back from hard links kept aside), cut every
@@ -18,18 +22,29 @@ in a child process only) with wrappers that
   prefix-persisted write), or keep the size but zero a random subset of the
   unsynced 4 KiB pages (keep="holes": a file system or disk that persists
   pages out of order, such as ext4 data=writeback or a drive's write
-  cache), then os._exit(POWER_CUT_EXIT) while holding the layer's lock, so
-  no other thread of the process does any more I/O;
+  cache); overwritten durable bytes all go back to their old content
+  (keep="none"), or each 512-byte sector (keep="random") or 4 KiB page
+  (keep="holes") ends as it was after a random one of the writes to it
+  since the sync, or before them; then
+  os._exit(POWER_CUT_EXIT) while holding the layer's lock, so no other
+  thread of the process does any more I/O;
 - fail chosen calls: Rule(op, match, after, errno, times) makes the
   (after+1)-th call of `op` on a path containing `match` raise
-  OSError(errno), `times` times (None: forever).
+  OSError(errno), `times` times (None: forever);
+- or cut the power right after one: Rule(..., cut="none" / "random" /
+  "holes") lets the call happen, then power_cut(cut).  A timed cut rarely
+  lands between an in-place write and its fdatasync (microseconds apart);
+  this one does.
 
 Every wrapped call runs under one lock: the power cut is an instant.  Only
 paths under `root` are tracked; everything else passes straight through.
-Data is modelled as append-only (flowdb never overwrites a file in place).
+A shrinking truncate is modelled as durable at once (the bytes cut are
+gone); flowdb only cuts bytes it no longer needs (a single-file store's
+free tail), so the other outcome, the bytes coming back, is harmless.
 """
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 import random
@@ -38,9 +53,11 @@ import threading
 from dataclasses import dataclass
 
 POWER_CUT_EXIT = 77
+RULE_CUT_LINE = b"faultfs: power cut by a rule\n"   # on stderr, before a rule's cut
 PAGE = 4096
-_OPS = ("open", "write", "fsync", "fdatasync", "close", "dup", "rename", "replace",
-        "unlink", "truncate", "ftruncate")
+SECTOR = 512
+_OPS = ("open", "write", "pwrite", "copy_file_range", "fsync", "fdatasync", "close", "dup",
+        "rename", "replace", "unlink", "truncate", "ftruncate")
 _real = {name: getattr(os, name) for name in _OPS}
 
 
@@ -51,6 +68,7 @@ class Rule:
     after: int = 0               # let this many matching calls through first
     errno: int = _errno.EIO
     times: int | None = None     # None: fail forever
+    cut: str | None = None       # a power_cut keep= mode: cut after the call instead of failing it
     seen: int = 0
     fired: int = 0
 
@@ -74,9 +92,12 @@ class FaultFS:
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
         self.fds = {}            # fd -> (path, ino, is_dir)
+        self.appending = set()   # fds opened O_APPEND: os.write never overwrites
         self.synced = {}         # ino -> durable size
         self.durable = {}        # dir path -> {name: ino}
+        self.undo = {}           # ino -> [(offset, old bytes)]: durable bytes overwritten since its sync
         self.rules: list[Rule] = []
+        self.cut_when_done = None
         self.installed = False
 
     # ------------------------------------------------------------- set-up
@@ -114,9 +135,21 @@ class FaultFS:
         return p == self.root or os.path.dirname(p) == self.root
 
     def _check(self, op, path):
+        """Raises a failing rule's error; a cutting rule cuts when the call is done."""
         for rule in self.rules:
             if rule.hit(op, path):
-                raise OSError(rule.errno, f"faultfs: injected {op} failure", path)
+                if rule.cut is None:
+                    raise OSError(rule.errno, f"faultfs: injected {op} failure", path)
+                self.cut_when_done = rule.cut
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The layer's lock, around one tracked call."""
+        with self.lock:
+            yield
+            if self.cut_when_done is not None:
+                _real["write"](2, RULE_CUT_LINE)
+                self.power_cut(keep=self.cut_when_done)
 
     def _keep(self, path):
         """Hard-link a durable entry aside before it is unlinked or replaced."""
@@ -139,7 +172,7 @@ class FaultFS:
     def _open(self, path, flags, mode=0o777, *, dir_fd=None):
         if dir_fd is not None or not self._ours(path):
             return _real["open"](path, flags, mode, dir_fd=dir_fd)
-        with self.lock:
+        with self._locked():
             p = os.path.abspath(os.fsdecode(path))
             self._check("open", p)
             existed = os.path.exists(p)
@@ -147,26 +180,62 @@ class FaultFS:
             st = os.fstat(fd)
             is_dir = stat.S_ISDIR(st.st_mode)
             self.fds[fd] = (p, st.st_ino, is_dir)
+            (self.appending.add if flags & os.O_APPEND else self.appending.discard)(fd)
             if not is_dir:
                 if not existed or flags & os.O_TRUNC:
                     self.synced[st.st_ino] = 0
+                    self.undo.pop(st.st_ino, None)
                 else:
                     self.synced.setdefault(st.st_ino, st.st_size)
             return fd
+
+    def _overwrite(self, fd, ino, offset, size):
+        """Save the durable bytes of [offset, offset + size) before they change."""
+        end = min(offset + size, self.synced.get(ino, 0))
+        if offset >= end:
+            return
+        # /proc/self/fd reopens the file for reading whatever fd's mode is.
+        rfd = _real["open"](f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            old = os.pread(rfd, end - offset, offset)
+        finally:
+            _real["close"](rfd)
+        self.undo.setdefault(ino, []).append((offset, old))
 
     def _write(self, fd, data):
         entry = self.fds.get(fd)
         if entry is None:
             return _real["write"](fd, data)
-        with self.lock:
+        with self._locked():
             self._check("write", entry[0])
+            if fd not in self.appending:
+                self._overwrite(fd, entry[1], os.lseek(fd, 0, os.SEEK_CUR), len(data))
             return _real["write"](fd, data)
+
+    def _pwrite(self, fd, data, offset):
+        entry = self.fds.get(fd)
+        if entry is None:
+            return _real["pwrite"](fd, data, offset)
+        with self._locked():
+            self._check("write", entry[0])
+            self._overwrite(fd, entry[1], offset, len(data))
+            return _real["pwrite"](fd, data, offset)
+
+    def _copy_file_range(self, src, dst, count, offset_src=None, offset_dst=None):
+        entry = self.fds.get(dst)
+        if entry is None:
+            return _real["copy_file_range"](src, dst, count, offset_src, offset_dst)
+        with self._locked():
+            self._check("write", entry[0])
+            at = os.lseek(dst, 0, os.SEEK_CUR) if offset_dst is None else offset_dst
+            self._overwrite(dst, entry[1], at, count)
+            return _real["copy_file_range"](src, dst, count, offset_src, offset_dst)
 
     def _sync(self, op, fd):
         entry = self.fds.get(fd)
         if entry is None:
             return _real[op](fd)
-        with self.lock:
+        with self._locked():
             path, ino, is_dir = entry
             self._check(op, path)
             _real[op](fd)
@@ -174,6 +243,7 @@ class FaultFS:
                 self.durable[path] = self._listing(path)
             else:
                 self.synced[ino] = os.fstat(fd).st_size
+                self.undo.pop(ino, None)
 
     def _fsync(self, fd):
         return self._sync("fsync", fd)
@@ -182,21 +252,24 @@ class FaultFS:
         return self._sync("fdatasync", fd)
 
     def _close(self, fd):
-        with self.lock:
+        with self._locked():
             self.fds.pop(fd, None)
+            self.appending.discard(fd)
             return _real["close"](fd)
 
     def _dup(self, fd):
-        with self.lock:
+        with self._locked():
             new = _real["dup"](fd)
             if fd in self.fds:
                 self.fds[new] = self.fds[fd]
+            if fd in self.appending:
+                self.appending.add(new)
             return new
 
     def _move(self, op, src, dst, **kw):
         if kw or not (self._ours(src) or self._ours(dst)):
             return _real[op](src, dst, **kw)
-        with self.lock:
+        with self._locked():
             self._check(op, os.fsdecode(dst))
             if os.path.exists(dst):
                 self._keep(dst)
@@ -212,7 +285,7 @@ class FaultFS:
     def _unlink(self, path, *, dir_fd=None):
         if dir_fd is not None or not self._ours(path):
             return _real["unlink"](path, dir_fd=dir_fd)
-        with self.lock:
+        with self._locked():
             self._check("unlink", os.fsdecode(path))
             self._keep(path)
             return _real["unlink"](path)
@@ -222,20 +295,25 @@ class FaultFS:
             return self._ftruncate(path, length)
         if not self._ours(path):
             return _real["truncate"](path, length)
-        with self.lock:
+        with self._locked():
             self._check("truncate", os.fsdecode(path))
             ino = os.stat(path).st_ino
             _real["truncate"](path, length)
-            self.synced[ino] = min(self.synced.get(ino, length), length)
+            self._cut(ino, length)
 
     def _ftruncate(self, fd, length):
         entry = self.fds.get(fd)
         if entry is None:
             return _real["ftruncate"](fd, length)
-        with self.lock:
+        with self._locked():
             self._check("truncate", entry[0])
             _real["ftruncate"](fd, length)
-            self.synced[entry[1]] = min(self.synced.get(entry[1], length), length)
+            self._cut(entry[1], length)
+
+    def _cut(self, ino, length):
+        self.synced[ino] = min(self.synced.get(ino, length), length)
+        if ino in self.undo:
+            self.undo[ino] = [(off, old[:length - off]) for off, old in self.undo[ino] if off < length]
 
     # ------------------------------------------------------------- the power cut
 
@@ -277,6 +355,8 @@ class FaultFS:
             _real["rename"](tmp, final)
         for name, ino in self._listing(d).items():
             path = os.path.join(d, name)
+            if self.undo.get(ino):
+                self._undo_overwrites(path, self.undo[ino], keep)
             size = os.stat(path).st_size
             durable_size = self.synced.get(ino, size)
             if size > durable_size and keep == "holes":
@@ -285,6 +365,35 @@ class FaultFS:
                 cut = durable_size if keep == "none" else self.rng.randint(durable_size, size)
                 _real["truncate"](path, cut)
         self.dropped = True
+
+    def _undo_overwrites(self, path, log, keep):
+        """Put overwritten durable bytes back.  keep="none": all of them.
+        Otherwise each sector ("random") or page ("holes") ends as it was
+        after one of the writes that touched it since the sync (or before
+        them all), as if written back at a random moment."""
+        unit = {"random": SECTOR, "holes": PAGE}.get(keep)
+        lost = self.rng.random()
+        undo = [[] for _ in log]                 # per write: the (lo, hi) spans to put back
+        if unit is None:
+            undo = [[(offset, offset + len(old))] for offset, old in log]
+        else:
+            touching = {}                        # unit start -> indexes of the writes touching it
+            for i, (offset, old) in enumerate(log):
+                for start in range(offset - offset % unit, offset + len(old), unit):
+                    touching.setdefault(start, []).append(i)
+            for start, writes in touching.items():
+                kept = len(writes) if self.rng.random() >= lost else self.rng.randrange(len(writes))
+                for i in writes[kept:]:
+                    offset, old = log[i]
+                    undo[i].append((max(start, offset), min(start + unit, offset + len(old))))
+        fd = _real["open"](path, os.O_WRONLY)
+        try:
+            for i in reversed(range(len(log))):
+                offset, old = log[i]
+                for lo, hi in undo[i]:
+                    _real["pwrite"](fd, old[lo - offset:hi - offset], lo)
+        finally:
+            _real["close"](fd)
 
     def _punch_holes(self, path, start, end):
         """Zero a random subset (maybe none, maybe all) of the pages of [start, end)."""
@@ -295,7 +404,7 @@ class FaultFS:
             while page < end:
                 lo, hi = max(page, start), min(page + PAGE, end)
                 if self.rng.random() < lost:
-                    os.pwrite(fd, bytes(hi - lo), lo)
+                    _real["pwrite"](fd, bytes(hi - lo), lo)
                 page += PAGE
         finally:
             _real["close"](fd)

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flowdb                                                        # noqa: E402
 from flowdb import Engine, Record, SyncMode                          # noqa: E402
+from helpers.common import backend                                   # noqa: E402
 from reliability.faultfs import FaultFS, Rule                        # noqa: E402
 
 
@@ -49,7 +50,8 @@ def main():
     try:
         engine = Engine.open(data_dir, auto_background=background, memtable_size_mb=0.02,
                              wal_segment_size_mb=0.02, wal_sync_mode=SyncMode.ALWAYS,
-                             flush_interval_ms=10, compaction_interval_ms=20)
+                             flush_interval_ms=10, compaction_interval_ms=20,
+                             storage_backend=backend())
     except Exception as exc:
         err("open", -1, exc)
         return
