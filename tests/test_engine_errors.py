@@ -512,7 +512,11 @@ def test_writer_interrupted_while_waiting_to_lead_leaves_the_queue(tmp_path, mon
         def append(entries):
             if not entered.is_set():
                 entered.set()
-                assert release.wait(10)
+                # Longer than the interrupter's deadline, so that its
+                # fallback signal (sent at the deadline) still finds the
+                # main thread waiting for the WAL, not leading after a
+                # timed-out append (one CI run on a loaded host).
+                assert release.wait(60)
             return real_append(entries)
         monkeypatch.setattr(e._wal, "append", append)
         lone = threading.Thread(target=e.write_batch, args=([R(b"a", 1, b"v")],))
