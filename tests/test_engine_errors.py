@@ -498,13 +498,17 @@ def test_writers_queued_while_the_wal_is_busy_commit_as_one_group(tmp_path, monk
         assert not e._queue
 
 
-def test_writer_interrupted_while_waiting_to_lead_leaves_the_queue(tmp_path, monkeypatch):
+def test_writer_interrupted_while_waiting_to_lead_leaves_the_queue(tmp_path, monkeypatch, request):
     # The head of the queue waits for the WAL a lone writer holds; a
     # KeyboardInterrupt there takes it out of the queue, so that later
     # writers are not left waiting for a leader that is gone.
     import signal
     import sys
     import threading
+    # A run started in the background by a shell (nohup ... &) inherits
+    # SIGINT ignored, and the signal below would then do nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with Engine.open(str(tmp_path), auto_background=False) as e:
         entered, release = threading.Event(), threading.Event()
         real_append = e._wal.append
@@ -512,10 +516,8 @@ def test_writer_interrupted_while_waiting_to_lead_leaves_the_queue(tmp_path, mon
         def append(entries):
             if not entered.is_set():
                 entered.set()
-                # Longer than the interrupter's deadline, so that its
-                # fallback signal (sent at the deadline) still finds the
-                # main thread waiting for the WAL, not leading after a
-                # timed-out append (one CI run on a loaded host).
+                # Longer than the interrupter's deadline: its fallback
+                # signal must find the main thread still waiting.
                 assert release.wait(60)
             return real_append(entries)
         monkeypatch.setattr(e._wal, "append", append)
