@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import fcntl
 import os
 import random
 import stat
@@ -92,7 +93,6 @@ class FaultFS:
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
         self.fds = {}            # fd -> (path, ino, is_dir)
-        self.appending = set()   # fds opened O_APPEND: os.write never overwrites
         self.synced = {}         # ino -> durable size
         self.durable = {}        # dir path -> {name: ino}
         self.undo = {}           # ino -> [(offset, old bytes)]: durable bytes overwritten since its sync
@@ -180,7 +180,6 @@ class FaultFS:
             st = os.fstat(fd)
             is_dir = stat.S_ISDIR(st.st_mode)
             self.fds[fd] = (p, st.st_ino, is_dir)
-            (self.appending.add if flags & os.O_APPEND else self.appending.discard)(fd)
             if not is_dir:
                 if not existed or flags & os.O_TRUNC:
                     self.synced[st.st_ino] = 0
@@ -208,7 +207,7 @@ class FaultFS:
             return _real["write"](fd, data)
         with self._locked():
             self._check("write", entry[0])
-            if fd not in self.appending:
+            if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:   # else it appends
                 self._overwrite(fd, entry[1], os.lseek(fd, 0, os.SEEK_CUR), len(data))
             return _real["write"](fd, data)
 
@@ -252,18 +251,15 @@ class FaultFS:
         return self._sync("fdatasync", fd)
 
     def _close(self, fd):
-        with self._locked():
+        with self.lock:
             self.fds.pop(fd, None)
-            self.appending.discard(fd)
             return _real["close"](fd)
 
     def _dup(self, fd):
-        with self._locked():
+        with self.lock:
             new = _real["dup"](fd)
             if fd in self.fds:
                 self.fds[new] = self.fds[fd]
-            if fd in self.appending:
-                self.appending.add(new)
             return new
 
     def _move(self, op, src, dst, **kw):
@@ -373,10 +369,10 @@ class FaultFS:
         them all), as if written back at a random moment."""
         unit = {"random": SECTOR, "holes": PAGE}.get(keep)
         lost = self.rng.random()
-        undo = [[] for _ in log]                 # per write: the (lo, hi) spans to put back
         if unit is None:
             undo = [[(offset, offset + len(old))] for offset, old in log]
         else:
+            undo = [[] for _ in log]             # per write: the (lo, hi) spans to put back
             touching = {}                        # unit start -> indexes of the writes touching it
             for i, (offset, old) in enumerate(log):
                 for start in range(offset - offset % unit, offset + len(old), unit):

@@ -51,6 +51,7 @@ def power_cycles(tmp_path, cycles, threads, sync, seed, recovery_cuts=0.0, profi
             _, err = c.kill()
             assert c.proc.returncode in (0, POWER_CUT_EXIT), f"recovery child failed:\n{err}"
         keep = rng.choice(keeps)
+        # With cut_on the timer is only the fallback: it comes 2 s later.
         on = (f"on={rng.choice(cut_on)}:{rng.randint(1, 40)}",) if cut_on else ()
         child = Child(data_dir, gen, threads, sync, script=POWER,
                       extra=(rng.uniform(0.1, 1.0) + 2.0 * bool(cut_on), keep,
