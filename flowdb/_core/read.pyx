@@ -52,7 +52,7 @@ from flowdb._core.iterator cimport Iterator, Source, EntryHit, VERSION_FOUND, VE
 from flowdb._core.merge cimport MergingIterator
 from flowdb._core.record cimport Record, make_record, check_key, check_prefix, check_i64
 from flowdb._core.histogram cimport LatencyHistogram
-from flowdb._core.table cimport TableBuilder
+from flowdb._core.table cimport TableBuilder, TableReader
 from flowdb._core.table import TableIterator
 import heapq
 from flowdb._errors import CorruptionError, InvalidStateError
@@ -312,7 +312,15 @@ cdef struct _Candidate:
     int64_t min_ts
     int64_t max_ts
     int state               # 0: to look up; 1: hit.ts is its greatest ts <= T; 2: none <= T
+    bint volatile           # not an SSTable: may gain entries (a memtable)
     EntryHit hit            # find_floor's answer (state 1)
+
+
+# get_latest's remembered answers (PointReader._get_latest): what one
+# reader may hold, charged per answer as its key and value plus the dict
+# entry, tuple and Record around them; past the budget it starts over.
+cdef Py_ssize_t _LATEST_BUDGET = 4 << 20
+cdef Py_ssize_t _LATEST_OVERHEAD = 256
 
 
 @cython.final
@@ -347,8 +355,18 @@ cdef class PointReader:
     cdef object _rds                # range_dels while not yet indexed
     cdef RangeDelIndex _rdi         # their index once built (_fixed), else None
     cdef Source _live               # or None
+    # get_latest's answers from the SSTables alone: key -> (Record or None,
+    # the wall clock it was judged at, bytes charged); see _get_latest.
+    cdef dict _latest
+    cdef readonly Py_ssize_t latest_bytes
+    # The greatest seq of the SSTables' entries and of range_dels: a
+    # snapshot at or above it sees all of them.
+    cdef uint64_t _settled_seq
+    # get_latest calls answered from _latest (for tests and profiling).
+    cdef readonly unsigned long long latest_hits
 
     def __init__(self, list sources not None, range_dels=None, Source live=None):
+        cdef uint64_t settled = 0
         for s in sources:
             if not isinstance(s, Source):
                 raise TypeError(f"a source must be a Source, not {type(s).__name__}")
@@ -358,8 +376,21 @@ cdef class PointReader:
             range_dels = _all_range_dels(self._sources)
         if isinstance(range_dels, RangeDelIndex):
             self._rdi = <RangeDelIndex>range_dels
+            settled = self._rdi.max_seq
         elif range_dels:
             self._rds = list(range_dels)
+            for _, _, q in self._rds:
+                if q > settled:
+                    settled = q
+        for s in self._sources:
+            if isinstance(s, TableReader):
+                q = (<TableReader>s).props.get("max_seq")
+                if q is None:
+                    settled = UINT64_MAX      # never remember answers
+                elif q > settled:
+                    settled = q
+        self._settled_seq = settled
+        self._latest = {}
 
     cdef uint64_t _covering(self, bytes key, uint64_t snapshot) except? 0:
         cdef uint64_t best = 0, live_seq
@@ -427,13 +458,44 @@ cdef class PointReader:
             if t != <uint8_t *>small:
                 free(t)
 
+    cdef int _probe(self, _Candidate *ci, int64_t T, const uint8_t *kp, size_t kn,
+                    uint8_t *t, size_t tn, uint64_t snapshot, bint fill_cache,
+                    bint verify_checksums) except -1:
+        """Sets ci.state and ci.hit to the source's greatest entry of the key
+        with ts <= T (find_floor)."""
+        cdef int64_t bound = T if T < ci.max_ts else ci.max_ts
+        if bound < ci.min_ts or not (<Source>ci.src).may_contain(kp, kn):
+            ci.state = 2
+            return 0
+        # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
+        fdb_ikey_write(t, kp, kn, bound, 0, 0)
+        pin = (<Source>ci.src).find_floor(t, tn, snapshot, fill_cache, verify_checksums, &ci.hit)
+        Py_XDECREF(ci.pin)
+        Py_XINCREF(<PyObject *>pin)
+        ci.pin = <PyObject *>pin
+        if not ci.hit.found:
+            ci.state = 2
+        elif ci.hit.ts > bound:     # T would not decrease: never loop
+            raise CorruptionError("a source's keys are out of order")
+        else:
+            ci.state = 1
+        return 0
+
     cdef object _get_latest(self, bytes key, uint64_t snapshot, int64_t now,
                             bint fill_cache, bint verify_checksums):
         """Finds, per source, the greatest ts <= T of the key (find_floor),
         resolves the greatest over all sources as get() does, and only if
         that version is not live lowers T below it and repeats.  A source's
-        answer is reused while it stays <= T."""
-        cdef EntryHit hit
+        answer is reused while it stays <= T.
+
+        When no memtable holds an entry of the key and the snapshot sees
+        every entry of the SSTables, the answer is the SSTables' alone, and
+        it stays the answer for as long as this reader serves (its tables
+        never change) but for the clock: it is remembered with the time it
+        was judged at, and given again while the clock has not gone back
+        and the record has not expired (a newer version dead then is dead
+        still).  A dashboard asking for the latest value of its series
+        then costs a dict lookup instead of a block search per call."""
         cdef uint8_t small[_TARGET_STACK]
         cdef _Candidate few[16]
         cdef Py_ssize_t few_order[16]
@@ -443,10 +505,11 @@ cdef class PointReader:
         cdef size_t kn = len(key), tn = kn + FDB_TRAILER_SIZE
         cdef const uint8_t *kp = key
         cdef uint8_t *t = <uint8_t *>small if tn <= _TARGET_STACK else <uint8_t *>malloc(tn)
-        cdef Py_ssize_t i, j, o, n = 0, nsrc = len(self._sources)
-        cdef int64_t T = INT64_MAX, best = 0, bound
-        cdef bint has_best
-        cdef object pin
+        cdef Py_ssize_t i, j, n = 0, nsrc = len(self._sources)
+        cdef bint remember = False
+        cdef list live
+        cdef tuple known
+        cdef Record r
         if nsrc > 16:
             c = <_Candidate *>malloc(nsrc * sizeof(_Candidate))
             order = <Py_ssize_t *>malloc(nsrc * sizeof(Py_ssize_t))
@@ -467,63 +530,40 @@ cdef class PointReader:
                     c[n].min_ts = src.min_ts
                     c[n].max_ts = src.max_ts
                     c[n].state = 0
+                    c[n].volatile = not isinstance(src, TableReader)
                     j = n
                     while j > 0 and c[order[j - 1]].max_ts < c[n].max_ts:
                         order[j] = order[j - 1]
                         j -= 1
                     order[j] = n
                     n += 1
-            while True:
-                has_best = False
-                for o in range(n):
-                    i = order[o]
-                    if has_best and c[i].max_ts < best:
-                        break
-                    if c[i].state == 1 and c[i].hit.ts > T:
-                        c[i].state = 0
-                    if c[i].state == 0:
-                        bound = T if T < c[i].max_ts else c[i].max_ts
-                        if bound < c[i].min_ts or not (<Source>c[i].src).may_contain(kp, kn):
-                            c[i].state = 2
-                            continue
-                        # (key, bound, seq 0, kind 0) sorts after every entry of (key, <= bound).
-                        fdb_ikey_write(t, kp, kn, bound, 0, 0)
-                        pin = (<Source>c[i].src).find_floor(t, tn, snapshot, fill_cache,
-                                                            verify_checksums, &c[i].hit)
-                        Py_XDECREF(c[i].pin)
-                        Py_XINCREF(<PyObject *>pin)
-                        c[i].pin = <PyObject *>pin
-                        if not c[i].hit.found:
-                            c[i].state = 2
-                        elif c[i].hit.ts > bound:     # T would not decrease: never loop
-                            raise CorruptionError("a source's keys are out of order")
-                        else:
-                            c[i].state = 1
-                    if c[i].state == 1 and (not has_best or c[i].hit.ts > best):
-                        has_best = True
-                        best = c[i].hit.ts
-                if not has_best:
-                    return None
-                # The newest source holding a visible version of (key, best)
-                # decides; only the candidates at best can hold one.
+            # (Only for reads on the real clock: `now` not given.)
+            if fill_cache and now == _NOW_UNREAD and snapshot >= self._settled_seq:
+                live = self._live.range_dels if self._live is not None else None
+                remember = not (live and _list_covering(live, key, snapshot))
+                # The memtables are asked first (as the search below would:
+                # it reuses their answers); one holding the key decides.
                 for i in range(n):
-                    if c[i].state != 1 or c[i].hit.ts != best or c[i].hit.version == VERSION_NONE:
-                        continue
-                    if c[i].hit.version == VERSION_FOUND:
-                        hit = c[i].hit
-                    else:
-                        fdb_ikey_write(t, kp, kn, best, snapshot, KIND_FIRST)
-                        pin = (<Source>c[i].src).find_version(t, tn, fill_cache,
-                                                              verify_checksums, &hit)
-                        if not hit.found:
-                            continue
-                    record = self._resolve(key, &hit, snapshot, now)
-                    if record is not None:
-                        return record
-                    break
-                if best == INT64_MIN:
-                    return None
-                T = best - 1
+                    if remember and c[i].volatile:
+                        self._probe(&c[i], INT64_MAX, kp, kn, t, tn, snapshot,
+                                    fill_cache, verify_checksums)
+                        remember = c[i].state == 2
+                if remember:
+                    now = _wall_us()
+                    known = self._latest.get(key)
+                    if known is not None and now >= <int64_t>known[1]:
+                        if known[0] is None:
+                            self.latest_hits += 1
+                            return None
+                        r = <Record>known[0]
+                        if r.expire_at > now:
+                            self.latest_hits += 1
+                            return make_record(r.key, r.ts, r.value, r.expire_at)
+            record = self._latest_search(key, c, order, n, kp, kn, t, tn, snapshot, now,
+                                         fill_cache, verify_checksums)
+            if remember:
+                self._remember(key, record, now)
+            return record
         finally:
             for i in range(n):
                 Py_XDECREF(c[i].pin)
@@ -532,6 +572,73 @@ cdef class PointReader:
             if c != <_Candidate *>few:
                 free(c)
                 free(order)
+
+    cdef object _latest_search(self, bytes key, _Candidate *c, Py_ssize_t *order, Py_ssize_t n,
+                               const uint8_t *kp, size_t kn, uint8_t *t, size_t tn,
+                               uint64_t snapshot, int64_t now, bint fill_cache,
+                               bint verify_checksums):
+        """_get_latest's search over the candidates c (the pins they take
+        are the caller's to drop)."""
+        cdef EntryHit hit
+        cdef Py_ssize_t i, o
+        cdef int64_t T = INT64_MAX, best = 0
+        cdef bint has_best
+        while True:
+            has_best = False
+            for o in range(n):
+                i = order[o]
+                if has_best and c[i].max_ts < best:
+                    break
+                if c[i].state == 1 and c[i].hit.ts > T:
+                    c[i].state = 0
+                if c[i].state == 0:
+                    self._probe(&c[i], T, kp, kn, t, tn, snapshot, fill_cache, verify_checksums)
+                if c[i].state == 1 and (not has_best or c[i].hit.ts > best):
+                    has_best = True
+                    best = c[i].hit.ts
+            if not has_best:
+                return None
+            # The newest source holding a visible version of (key, best)
+            # decides; only the candidates at best can hold one.
+            for i in range(n):
+                if c[i].state != 1 or c[i].hit.ts != best or c[i].hit.version == VERSION_NONE:
+                    continue
+                if c[i].hit.version == VERSION_FOUND:
+                    hit = c[i].hit
+                else:
+                    fdb_ikey_write(t, kp, kn, best, snapshot, KIND_FIRST)
+                    pin = (<Source>c[i].src).find_version(t, tn, fill_cache,
+                                                          verify_checksums, &hit)
+                    if not hit.found:
+                        continue
+                record = self._resolve(key, &hit, snapshot, now)
+                if record is not None:
+                    return record
+                break
+            if best == INT64_MIN:
+                return None
+            T = best - 1
+
+    cdef int _remember(self, bytes key, record, int64_t now) except -1:
+        """Keeps get_latest's answer for key, judged at wall clock `now`
+        (a copy: the caller's Record may be changed)."""
+        cdef Record r
+        cdef Py_ssize_t charge = _LATEST_OVERHEAD + len(key)
+        if record is not None:
+            r = <Record>record
+            charge += len(r.value)
+            record = make_record(r.key, r.ts, r.value, r.expire_at)
+        if charge > _LATEST_BUDGET // 16:
+            return 0
+        known = self._latest.get(key)
+        if known is not None:
+            self.latest_bytes -= <Py_ssize_t>(<tuple>known)[2]
+        if self.latest_bytes + charge > _LATEST_BUDGET:
+            self._latest.clear()
+            self.latest_bytes = 0
+        self._latest[key] = (record, now, charge)
+        self.latest_bytes += charge
+        return 0
 
     def get(self, key, ts, unsigned long long snapshot, ReadStats stats=None):
         """The live Record at exactly (key, ts) as of `snapshot`, or None.

@@ -987,6 +987,38 @@ def test_point_reader_sees_range_deletes_added_to_the_live_source_later():
     assert reader.get_latest(b"b", 10).value == b"after"
 
 
+def test_point_reader_remembers_get_latest_only_for_snapshots_that_see_every_table_entry(
+        tmp_path):
+    """get_latest's remembered answers (PointReader._get_latest) are the
+    tables' answer at a snapshot seeing all of their entries: an older
+    snapshot is answered from the tables, before and after one was kept."""
+    ops = [Op("put", b"k", 1, 1, b"one"), Op("put", b"k", 2, 2, b"two")]
+    reader = read.PointReader([real_source_of(ops, "table", str(tmp_path), "000001.sst")])
+    for snapshot, want in [(1, b"one"), (2, b"two"), (2, b"two"), (1, b"one"), (9, b"two")]:
+        assert reader.get_latest(b"k", snapshot).value == want, snapshot
+    assert reader.latest_hits == 2          # the second and the last read at >= 2
+
+
+def test_point_reader_remembers_no_answer_a_memtable_has_a_say_in(tmp_path):
+    from flowdb._core.batch import encode_puts, encode_range_delete
+    from flowdb._core.memtable import MemTable
+
+    mem = MemTable()
+    table = real_source_of([Op("put", b"k", 1, 1, b"table"), Op("put", b"j", 1, 2, b"j")],
+                           "table", str(tmp_path), "000001.sst")
+    reader = read.PointReader([mem, table], table.range_dels, mem)
+    for _ in range(2):
+        assert reader.get_latest(b"k", 10).value == b"table"
+    assert reader.latest_hits == 1
+    mem.apply(encode_puts([Record(b"k", 0, b"older")])[0], 3)
+    assert reader.get_latest(b"k", 10).value == b"table"    # the memtable was asked
+    assert reader.latest_hits == 1
+    mem.apply(encode_range_delete(b"j", b"k")[0], 4)
+    assert reader.get_latest(b"j", 10) is None
+    assert reader.get_latest(b"j", 3).value == b"j"         # older than the range delete
+    assert reader.latest_hits == 1
+
+
 def test_point_reads_release_what_they_pin():
     import sys
 
