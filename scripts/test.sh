@@ -42,6 +42,7 @@ echo "scripts/test.sh: installing flowdb[test] (editable; builds flowdb._core)"
 # Rerun against StorageBackendKind.SINGLE_FILE (see below).
 SINGLE_FILE_TESTS="tests/test_engine_api.py tests/test_engine_model.py tests/test_engine_errors.py
     tests/test_maintenance.py tests/test_time_index.py tests/test_single_file.py tests/jsondb
+    tests/test_latest_answers.py
     tests/reliability/test_kill9.py tests/reliability/test_locking.py
     tests/reliability/test_power_loss.py tests/reliability/test_io_errors.py"
 
