@@ -628,11 +628,11 @@ cdef class PointReader:
             r = <Record>record
             charge += len(r.value)
             record = make_record(r.key, r.ts, r.value, r.expire_at)
-        if charge > _LATEST_BUDGET // 16:
-            return 0
-        known = self._latest.get(key)
+        known = self._latest.pop(key, None)      # one it replaces (expired since)
         if known is not None:
             self.latest_bytes -= <Py_ssize_t>(<tuple>known)[2]
+        if charge > _LATEST_BUDGET // 16:
+            return 0
         if self.latest_bytes + charge > _LATEST_BUDGET:
             self._latest.clear()
             self.latest_bytes = 0
